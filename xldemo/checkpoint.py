@@ -1,0 +1,140 @@
+"""Checkpoints: a folder holding config.json and model.safetensors, read from disk or the Hugging Face Hub."""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from x_transformers import Decoder, TransformerWrapper
+
+from .errors import XLDemoError
+from .tokenizer import load_tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, "README.md"]
+# keys of ours in config.json; every other key is a TransformerWrapper keyword argument
+XLDEMO_KEYS = {"tokenizer": "bytes"}
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_CHECKPOINT = SHIPPED / "shakespeare-xl"
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: TransformerWrapper  # fp32, on the CPU, in eval mode
+    config: dict
+    tokenizer: object
+    source: str
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.max_seq_len
+
+    @property
+    def max_mem_len(self) -> int:
+        return self.model.max_mem_len
+
+
+def check_config(config) -> dict:
+    """Returns config unchanged if it can describe an XL model, else raises naming the bad key."""
+    if not isinstance(config, dict):
+        raise XLDemoError("config.json: expected a JSON object")
+    for key in ("num_tokens", "max_seq_len", "attn_layers"):
+        if key not in config:
+            raise XLDemoError(f"config.json: missing key {key!r}")
+    if not isinstance(config["attn_layers"], dict):
+        raise XLDemoError("config.json: 'attn_layers' must be an object of Decoder arguments")
+    for key in ("num_tokens", "max_seq_len"):
+        if not _is_positive_int(config[key]):
+            raise XLDemoError(f"config.json: {key!r} must be a positive integer, got {config[key]!r}")
+    if not _is_positive_int(config.get("max_mem_len", 0)):
+        raise XLDemoError("config.json: 'max_mem_len' must be a positive integer: xldemo runs XL models with memory")
+    return config
+
+
+def build_model(config: dict) -> TransformerWrapper:
+    """The untrained TransformerWrapper that config describes."""
+    kwargs = {k: v for k, v in check_config(config).items() if k not in XLDEMO_KEYS}
+    attn_layers = dict(kwargs.pop("attn_layers"))
+    try:
+        return TransformerWrapper(attn_layers=Decoder(**attn_layers), **kwargs)
+    except Exception as e:  # x-transformers reports bad arguments as TypeError, AssertionError, ValueError...
+        raise XLDemoError(f"config.json: x-transformers rejects it: {_one_line(e)}") from None
+
+
+def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str | None = None,
+                    cache_dir: str | None = None) -> Checkpoint:
+    """A local folder, else a Hugging Face Hub repo id (honouring revision, the cache and HF_HUB_OFFLINE)."""
+    folder = resolve(name_or_path, revision, cache_dir)
+    config = _read_config(folder / CONFIG_FILE)
+    tokenizer = load_tokenizer(config.get("tokenizer", XLDEMO_KEYS["tokenizer"]))
+    model = build_model(config)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise XLDemoError(f"{folder}: no {WEIGHTS_FILE}")
+    try:
+        state = load_file(weights)
+    except Exception as e:
+        raise XLDemoError(f"{weights}: not a readable safetensors file ({_one_line(e)})") from None
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise XLDemoError(f"{weights}: weights do not fit config.json ({_one_line(e)})") from None
+    return Checkpoint(model.eval(), config, tokenizer, str(name_or_path))
+
+
+def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if path.exists() or not REPO_ID.match(name):
+        raise XLDemoError(f"checkpoint {name!r}: no such folder, and not a Hugging Face Hub repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILES))
+    except Exception as e:  # offline, unknown repo or revision, network: all mean "cannot have it"
+        raise XLDemoError(f"checkpoint {name!r}: not a local folder, and the Hugging Face Hub "
+                          f"cannot provide it ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path, dtype: str = "float32") -> Path:
+    """Writes model as a checkpoint any x-transformers user can load; config holds its constructor arguments."""
+    if dtype not in STORAGE_DTYPES:
+        raise XLDemoError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    config = {**XLDEMO_KEYS, **config}
+    state = {_strip_compile_prefix(k): v.detach().to("cpu", STORAGE_DTYPES[dtype]).contiguous().clone()
+             for k, v in model.state_dict().items()}
+    build_model(config).load_state_dict({k: v.float() for k, v in state.items()}, strict=True)  # fails before writing
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise XLDemoError(f"{path.parent}: no {CONFIG_FILE}")
+    try:
+        return check_config(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XLDemoError(f"{path}: not valid JSON ({_one_line(e)})") from None
+
+
+def _strip_compile_prefix(key: str) -> str:
+    return key.replace("_orig_mod.", "")
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text[:300] or type(error).__name__

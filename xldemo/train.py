@@ -1,0 +1,156 @@
+"""Training with x-transformers' own XLAutoregressiveWrapper.forward: resumable, CPU or GPU, torchrun-ready."""
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+from x_transformers import XLAutoregressiveWrapper
+
+from .checkpoint import build_model, save_checkpoint
+from .data import DEFAULT_CACHE, load_split, prepare
+from .teacher import bits_per_token
+
+MODEL_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model_config: str = str(MODEL_CONFIGS / "shakespeare-xl.json")
+    out: str = "runs/shakespeare-xl"
+    data: str = str(DEFAULT_CACHE)
+    steps: int = 1200
+    batch_size: int = 8
+    segments: int = 4  # each sample spans this many segments, so that memory is learned
+    lr: float = 1.5e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_bytes: int = 16384
+    save_every: int = 50
+    seed: int = 0
+    bf16: str = "auto"  # auto: on GPUs only; this repo's 2-core AVX2 CPU runs bf16 matmuls ~85x slower
+    storage_dtype: str = "float32"
+
+
+def learning_rate(step: int, s: TrainSettings) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def sample_batch(data: torch.Tensor, length: int, batch_size: int, seed: int, step: int, rank: int) -> torch.Tensor:
+    """(batch_size, length) random crops; a pure function of (seed, step, rank), so resuming replays nothing."""
+    g = torch.Generator().manual_seed(hash((seed, step, rank)) & 0x7FFF_FFFF_FFFF)
+    starts = torch.randint(0, len(data) - length, (batch_size,), generator=g)
+    return torch.stack([data[i:i + length] for i in starts.tolist()]).long()
+
+
+@torch.no_grad()
+def validation_bpb(net, data: torch.Tensor, nbytes: int) -> float:
+    net.eval()
+    bpb = bits_per_token(net, data[None, :nbytes].long()).mean().item()
+    net.train()
+    return bpb
+
+
+def train(s: TrainSettings, progress: bool = True) -> dict:
+    """Trains to s.steps (resuming from s.out if a state is there) and writes the checkpoint to s.out/model."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    use_bf16 = s.bf16 == "on" or (s.bf16 == "auto" and device.type == "cuda")
+    torch.manual_seed(s.seed)
+
+    config = json.loads(Path(s.model_config).read_text())
+    model = build_model(config).to(device)
+    wrapper = XLAutoregressiveWrapper(model)
+    trainer = torch.nn.parallel.DistributedDataParallel(wrapper) if world > 1 else wrapper
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
+
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    step, log = load_state(out, model, optimizer, device)
+    folder = prepare(Path(s.data))
+    train_data = torch.frombuffer(bytearray(load_split(folder, "train")), dtype=torch.uint8)
+    val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
+    length = s.segments * config["max_seq_len"] + 1
+    tokens_per_step = s.batch_size * (length - 1) * world
+
+    model.train()
+    bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
+    started, first_step = time.perf_counter(), step
+    while step < s.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, s)
+        batch = sample_batch(train_data, length, s.batch_size, s.seed, step, rank).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = trainer(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        elapsed = time.perf_counter() - started
+        entry = {"step": step, "loss": loss.item(), "lr": learning_rate(step - 1, s)}
+        if rank == 0 and (step % s.eval_every == 0 or step == s.steps):
+            entry["val_bpb"] = validation_bpb(model, val_data.to(device), s.eval_bytes)
+        log.append(entry)
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", val_bpb=f"{last_val(log):.3f}",
+                        tok_s=f"{tokens_per_step * (step - first_step) / elapsed:.0f}")
+        if rank == 0 and (step % s.save_every == 0 or step == s.steps):
+            save_state(out, model, optimizer, step, log, s)
+    bar.close()
+    if rank == 0:
+        save_checkpoint(model, config, out / "model", dtype=s.storage_dtype)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return {"steps": step, "tokens": step * tokens_per_step, "final_loss": log[-1]["loss"] if log else None,
+            "val_bpb": last_val(log)}
+
+
+def last_val(log: list[dict]) -> float:
+    return next((e["val_bpb"] for e in reversed(log) if "val_bpb" in e), float("nan"))
+
+
+def save_state(out: Path, model, optimizer, step: int, log: list[dict], s: TrainSettings) -> None:
+    """Model and optimizer tensors in safetensors, the rest in JSON: resumable without pickle."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
+    save_file(tensors, out / "state.safetensors.tmp")
+    (out / "state.json.tmp").write_text(json.dumps({"step": step, "settings": asdict(s), "log": log}))
+    os.replace(out / "state.safetensors.tmp", out / "state.safetensors")
+    os.replace(out / "state.json.tmp", out / "state.json")
+
+
+def load_state(out: Path, model, optimizer, device) -> tuple[int, list[dict]]:
+    if not (out / "state.json").is_file():
+        return 0, []
+    meta = json.loads((out / "state.json").read_text())
+    tensors = load_file(out / "state.safetensors", device=str(device))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt = optimizer.state_dict()
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value if name != "step" else value.cpu()
+    optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
+    return meta["step"], meta["log"]
