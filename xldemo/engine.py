@@ -1,0 +1,228 @@
+"""The generation engine: a plain generator of events that samples exactly what the segmented teacher-forced
+pass predicts, warming memory up over the prompt and decoding the current segment with a KV cache."""
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .checkpoint import Checkpoint
+from .decoders import make_decoder, next_memory
+from .errors import XLDemoError
+from .sampling import choose_tokens
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 is greedy
+    top_k: int = 0  # 0 is off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None  # None draws one, reported in Started
+    eos_id: int | None = None
+    stop: tuple[str, ...] = ()
+    mem_len: int | None = None  # None is the model's max_mem_len, 0 is no memory
+    num_samples: int = 1
+    decoder: str = "auto"  # auto | fast | generic
+
+    def __post_init__(self):
+        def bad(name, rule):
+            raise XLDemoError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            bad("max_new_tokens", "an integer >= 1")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            bad("temperature", "a number >= 0")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            bad("top_k", "an integer >= 0")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            bad("top_p", "in (0, 1]")
+        if not _is_number(self.min_p) or not 0 <= self.min_p < 1:
+            bad("min_p", "in [0, 1)")
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            bad("repetition_penalty", "a number > 0")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+            bad("seed", "an integer in [0, 2^63)")
+        if self.eos_id is not None and (not _is_int(self.eos_id) or self.eos_id < 0):
+            bad("eos_id", "a token id >= 0")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            bad("stop", "a list of non-empty strings")
+        if self.mem_len is not None and (not _is_int(self.mem_len) or self.mem_len < 0):
+            bad("mem_len", "an integer >= 0")
+        if not _is_int(self.num_samples) or not 1 <= self.num_samples <= 64:
+            bad("num_samples", "an integer in [1, 64]")
+        if self.decoder not in ("auto", "fast", "generic"):
+            bad("decoder", "one of auto, fast, generic")
+
+
+# events, in the order a run yields them: Started, then SegmentStarted / WarmupProgress / Token, then Finished
+
+@dataclass(frozen=True)
+class Started:
+    decoder: str  # which decoding path runs: "fast" or "generic"
+    prompt_tokens: int
+    segment_len: int
+    mem_len: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class SegmentStarted:
+    index: int
+    start: int  # absolute position of its first token
+    source: str  # "prompt" or "generated": where its first token came from
+
+
+@dataclass(frozen=True)
+class WarmupProgress:
+    done: int  # complete prompt segments folded into memory so far
+    total: int
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str  # the text this token completes; "" while a UTF-8 character is still incomplete
+    logprob: float  # under the model's own distribution, before any sampling adjustment
+    position: int
+    segment: int
+    sample: int = 0
+    logits: torch.Tensor | None = field(default=None, repr=False, compare=False)  # only with keep_logits
+
+
+@dataclass(frozen=True)
+class Finished:
+    reasons: tuple[str, ...]  # per sample: "length", "eos" or "stop"
+    token_ids: tuple[tuple[int, ...], ...]  # per sample, prompt excluded
+    texts: tuple[str, ...]
+    warmup_s: float
+    time_to_first_token_s: float
+    decode_tokens_per_s: float
+    segments: int
+    memory_tokens: int  # hidden states per layer held in memory at the end
+
+    @property
+    def reason(self) -> str:
+        return self.reasons[0]
+
+
+def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | None = None,
+             keep_logits: bool = False) -> Iterator[Started | SegmentStarted | WarmupProgress | Token | Finished]:
+    """Yields events as they happen. Closing the generator stops the computation."""
+    settings = settings or GenerationSettings()
+    prompt = _prompt_tensor(prompt_ids, checkpoint)
+    vocab = checkpoint.model.num_tokens
+    if settings.eos_id is not None and settings.eos_id >= vocab:
+        raise XLDemoError(f"eos_id must be below the vocabulary size {vocab}, got {settings.eos_id}")
+    return _run(checkpoint, prompt, settings, keep_logits)
+
+
+@torch.inference_mode()
+def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool):
+    net, seg_len = checkpoint.model, checkpoint.max_seq_len
+    mem_len = checkpoint.max_mem_len if settings.mem_len is None else settings.mem_len
+    seed = random.SystemRandom().randrange(2**63) if settings.seed is None else settings.seed
+    generator = torch.Generator().manual_seed(seed)
+    decoder = make_decoder(net, settings.decoder)
+    batch, length = settings.num_samples, prompt.shape[-1]
+    started = time.perf_counter()
+    yield Started(decoder.name, length, seg_len, mem_len, seed)
+
+    # warm up: every prompt segment before the one holding the prompt's last token, one forward each
+    current = (length - 1) // seg_len
+    mems = None
+    for index in range(current):
+        yield SegmentStarted(index, index * seg_len, "prompt")
+        _, inter = net(prompt[:, index * seg_len:(index + 1) * seg_len], mems=mems,
+                       return_embeddings=True, return_intermediates=True)
+        mems = next_memory(mems, inter.hiddens, mem_len, net.shift_mem_down)
+        yield WarmupProgress(index + 1, current)
+    warmup_s = time.perf_counter() - started
+
+    yield SegmentStarted(current, current * seg_len, "prompt")
+    mems = None if mems is None else [m.expand(batch, -1, -1) for m in mems]
+    logits = decoder.start(prompt[:, current * seg_len:].expand(batch, -1), mems)  # (b, v)
+
+    seen = torch.zeros(batch, net.num_tokens, dtype=torch.bool)
+    seen[:, prompt[0]] = True
+    streams = [checkpoint.tokenizer.stream_decoder() for _ in range(batch)]
+    texts, ids = [""] * batch, [[] for _ in range(batch)]
+    reasons: list[str | None] = [None] * batch
+    first_token_at = last_token_at = None
+    position = length
+    for step in range(settings.max_new_tokens):
+        chosen = choose_tokens(logits, seen, settings, generator)
+        logprobs = logits.float().log_softmax(dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+        seen[torch.arange(batch), chosen] = True
+        if position % seg_len == 0:
+            yield SegmentStarted(position // seg_len, position, "generated")
+        for s in range(batch):
+            if reasons[s] is not None:
+                continue
+            token = int(chosen[s])
+            ids[s].append(token)
+            piece = "" if token == settings.eos_id else streams[s].push(token)
+            texts[s] += piece
+            reasons[s] = _finish_reason(token, texts[s], len(piece), step + 1, settings)
+            if reasons[s] is not None:
+                tail = streams[s].flush()
+                texts[s], piece = texts[s] + tail, piece + tail
+            yield Token(token, piece, float(logprobs[s]), position, position // seg_len, s,
+                        logits[s].clone() if keep_logits else None)
+        last_token_at = time.perf_counter()
+        first_token_at = first_token_at or last_token_at
+        if all(r is not None for r in reasons):
+            break
+        logits = _feed(decoder, net, chosen, position, seg_len, mem_len)
+        position += 1
+
+    decoded = len(ids[0]) - 1
+    memory = decoder.memory_tokens()
+    yield Finished(tuple(reasons), tuple(map(tuple, ids)), tuple(texts), warmup_s,
+                   first_token_at - started,
+                   decoded / (last_token_at - first_token_at) if decoded > 0 and last_token_at > first_token_at
+                   else math.nan,
+                   position // seg_len + 1, memory)
+
+
+def _feed(decoder, net, chosen: torch.Tensor, position: int, seg_len: int, mem_len: int) -> torch.Tensor:
+    """Runs the token just chosen for `position`; a token that opens a segment starts it with the memory the
+    finished segment leaves, exactly as the teacher-forced pass builds it."""
+    if position % seg_len == 0:
+        mems = next_memory(decoder.mems, decoder.segment_hiddens(), mem_len, net.shift_mem_down)
+        return decoder.start(chosen[:, None], mems)
+    return decoder.step(chosen)
+
+
+def _finish_reason(token: int, text: str, new_chars: int, count: int, settings: GenerationSettings) -> str | None:
+    if token == settings.eos_id:
+        return "eos"
+    # only the last few characters can complete a stop string that was not there before
+    if any(stop in text[-(len(stop) + new_chars):] for stop in settings.stop if new_chars):
+        return "stop"
+    if count == settings.max_new_tokens:
+        return "length"
+    return None
+
+
+def _prompt_tensor(prompt_ids, checkpoint: Checkpoint) -> torch.Tensor:
+    """(1, n) long tensor of the prompt, checked against the vocabulary."""
+    ids = torch.as_tensor(list(prompt_ids), dtype=torch.long).reshape(1, -1)
+    if ids.numel() == 0:
+        raise XLDemoError("the prompt is empty")
+    if ids.min() < 0 or ids.max() >= checkpoint.model.num_tokens:
+        raise XLDemoError(f"prompt token ids must be in [0, {checkpoint.model.num_tokens})")
+    return ids
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
