@@ -31,7 +31,15 @@ def cmd_train(args) -> None:
     print(train(from_options(TrainSettings, args)))
 
 
+def cmd_eval(args) -> None:
+    from .evaluate import EvalSettings, run_eval
+
+    print(run_eval(from_options(EvalSettings, args)), end="")
+    print(f"wrote eval.json, eval.md and eval.png to {args.out}")
+
+
 def build_parser() -> Parser:
+    from .evaluate import EvalSettings
     from .train import TrainSettings
 
     parser = Parser(prog="python -m xldemo", description=__doc__)
@@ -39,6 +47,9 @@ def build_parser() -> Parser:
     train = commands.add_parser("train", help="train a model with XLAutoregressiveWrapper.forward")
     add_dataclass_options(train, TrainSettings)
     train.set_defaults(run=cmd_train)
+    evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without")
+    add_dataclass_options(evaluate, EvalSettings)
+    evaluate.set_defaults(run=cmd_eval)
     return parser
 
 
