@@ -1,0 +1,81 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from x_transformers import Decoder, TransformerWrapper
+
+from xldemo import build_model, load_checkpoint
+from xldemo.checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT, WEIGHTS_FILE
+from xldemo.data import DEFAULT_CACHE, load_split, prepare
+from xldemo.teacher import bits_per_token
+from xldemo.train import TrainSettings, learning_rate, train
+
+TINY = {"num_tokens": 256, "max_seq_len": 32, "max_mem_len": 32, "use_abs_pos_emb": False,
+        "attn_layers": {"dim": 32, "depth": 2, "heads": 2, "rotary_pos_emb": True}}
+
+
+def settings(folder, **changes) -> TrainSettings:
+    config = folder / "tiny.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps(TINY))
+    return replace(TrainSettings(model_config=str(config), out=str(folder / "run"), data=str(DEFAULT_CACHE),
+                                 batch_size=4, segments=2, lr=3e-3, warmup_steps=5, eval_every=1000,
+                                 eval_bytes=1024), **changes)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    s = settings(tmp_path, steps=40)
+    summary = train(s, progress=False)
+    log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
+    assert [entry["step"] for entry in log] == list(range(1, 41))
+    assert summary["tokens"] == 40 * 4 * 2 * 32
+    first, last = log[0]["loss"], sum(entry["loss"] for entry in log[-5:]) / 5
+    assert first > 5.0  # about ln(256): an untrained model guesses bytes uniformly
+    assert last < first - 1.5
+    # the saved model, judged on validation text by the teacher-forced pass, against the untrained model
+    text = torch.tensor(list(load_split(prepare(DEFAULT_CACHE), "validation")[:2048]))[None]
+    torch.manual_seed(s.seed)
+    untrained = bits_per_token(build_model(TINY).eval(), text).mean().item()
+    trained = bits_per_token(load_checkpoint(tmp_path / "run" / "model").model, text).mean().item()
+    assert trained < untrained - 2.0
+    assert summary["val_bpb"] == pytest.approx(bits_per_token(
+        load_checkpoint(tmp_path / "run" / "model").model, text[:, :1024]).mean().item(), abs=1e-4)
+
+
+def test_resuming_matches_an_uninterrupted_run(tmp_path):
+    # warmup covers every step, so the learning rate does not depend on the number of steps asked for
+    straight = settings(tmp_path / "straight", steps=6, warmup_steps=100)
+    stopped = settings(tmp_path / "stopped", steps=3, warmup_steps=100)
+    train(straight, progress=False)
+    train(stopped, progress=False)
+    train(replace(stopped, steps=6), progress=False)
+    logs = [json.loads((tmp_path / run / "run" / "state.json").read_text())["log"] for run in ("straight", "stopped")]
+    assert [e["step"] for e in logs[1]] == list(range(1, 7))
+    assert [e["loss"] for e in logs[1]] == [e["loss"] for e in logs[0]]
+    weights = [load_file(tmp_path / run / "run" / "model" / WEIGHTS_FILE) for run in ("straight", "stopped")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    s = TrainSettings(steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
+    assert learning_rate(0, s) == pytest.approx(1e-5)
+    assert learning_rate(99, s) == pytest.approx(1e-3)
+    assert learning_rate(550, s) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(999, s) == pytest.approx(1e-4, rel=1e-3)
+    rates = [learning_rate(step, s) for step in range(1000)]
+    assert all(a < b for a, b in zip(rates[:99], rates[1:100]))
+    assert all(a >= b for a, b in zip(rates[99:], rates[100:]))
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_dir(),
+                    reason=f"{DEFAULT_CHECKPOINT} does not exist yet: it is copied from the training run's model")
+def test_shipped_checkpoint_loads_strictly_with_plain_x_transformers():
+    config = json.loads((DEFAULT_CHECKPOINT / CONFIG_FILE).read_text())
+    assert config.pop("tokenizer") == "bytes"
+    model = TransformerWrapper(attn_layers=Decoder(**config.pop("attn_layers")), **config)
+    state = load_file(DEFAULT_CHECKPOINT / WEIGHTS_FILE)
+    model.load_state_dict(state, strict=True)
+    assert all(t.dtype == torch.float32 for t in state.values())
