@@ -2,7 +2,9 @@
 
 import argparse
 import dataclasses
+import json
 import sys
+from pathlib import Path
 
 from .errors import XLDemoError
 
@@ -25,6 +27,56 @@ def from_options(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def cmd_generate(args) -> None:
+    import torch
+
+    from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from .engine import Finished, GenerationSettings, Started, Token, generate, segment_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, eos_id=args.eos,
+        stop=tuple(args.stop), mem_len=args.mem_len, num_samples=args.num_samples, decoder=args.decoder)
+    checkpoint = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, revision=args.revision)
+    if args.prompt_file is not None:
+        try:
+            prompt = Path(args.prompt_file).read_bytes()  # raw: with byte tokens, every byte is one token
+        except OSError as e:
+            raise XLDemoError(f"--prompt-file: cannot read {args.prompt_file!r} ({e.strerror})") from None
+    else:
+        prompt = args.prompt
+    prompt_ids = checkpoint.tokenizer.encode(prompt)
+    for event in generate(checkpoint, prompt_ids, settings):
+        if isinstance(event, Started):
+            started = event
+        elif isinstance(event, Token) and event.sample == 0:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, Finished):
+            finished = event
+    sys.stdout.write("\n")
+    if args.json:
+        total = len(prompt_ids) + len(finished.token_ids[0])
+        print(json.dumps({
+            "token_ids": list(finished.token_ids[0]),
+            "text": finished.texts[0],
+            "reason": finished.reason,
+            "segments": segment_table(len(prompt_ids), total, started.segment_len),
+            "warmup_s": finished.warmup_s,
+            "time_to_first_token_s": finished.time_to_first_token_s,
+            "decode_tokens_per_s": finished.decode_tokens_per_s,
+            "prompt_tokens": len(prompt_ids),
+            "memory_tokens": finished.memory_tokens,
+            "mem_len": started.mem_len,
+            "seed": started.seed,
+            "decoder": started.decoder,
+            "samples": [{"token_ids": list(ids), "text": text, "reason": reason}
+                        for ids, text, reason in zip(finished.token_ids, finished.texts, finished.reasons)],
+        }))
+
+
 def cmd_train(args) -> None:
     from .train import TrainSettings, train
 
@@ -44,6 +96,29 @@ def build_parser() -> Parser:
 
     parser = Parser(prog="python -m xldemo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    gen = commands.add_parser("generate", help="stream a continuation of a prompt")
+    gen.add_argument("--checkpoint", help="local folder or Hugging Face Hub repo id (default: the shipped model)")
+    gen.add_argument("--revision", help="Hub branch, tag or commit")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (UTF-8)")
+    prompt.add_argument("--prompt-file", help="prompt file, read as raw bytes")
+    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 is off")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, help="default: a random seed, reported with --json")
+    gen.add_argument("--eos", type=int, help="token id that ends generation")
+    gen.add_argument("--stop", action="append", default=[], help="string that ends generation (repeatable)")
+    gen.add_argument("--mem-len", type=int, help="memory length (default: the model's max_mem_len; 0: no memory)")
+    gen.add_argument("--num-samples", type=int, default=1, help="samples in one batch (only the first streams)")
+    gen.add_argument("--decoder", choices=["auto", "fast", "generic"], default="auto")
+    gen.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    gen.add_argument("--json", action="store_true", help="end with one line of JSON: ids, text, segments, timings")
+    gen.set_defaults(run=cmd_generate)
+
     train = commands.add_parser("train", help="train a model with XLAutoregressiveWrapper.forward")
     add_dataclass_options(train, TrainSettings)
     train.set_defaults(run=cmd_train)

@@ -190,6 +190,17 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
                    position // seg_len + 1, memory)
 
 
+def segment_table(prompt_len: int, total_len: int, seg_len: int) -> list[dict]:
+    """One entry per segment of a sequence: where it starts and how many prompt and generated tokens it holds."""
+    table = []
+    for start in range(0, total_len, seg_len):
+        end = min(start + seg_len, total_len)
+        prompt = max(0, min(end, prompt_len) - start)
+        table.append({"index": start // seg_len, "start": start, "prompt_tokens": prompt,
+                      "generated_tokens": end - start - prompt})
+    return table
+
+
 def _feed(decoder, net, chosen: torch.Tensor, position: int, seg_len: int, mem_len: int) -> torch.Tensor:
     """Runs the token just chosen for `position`; a token that opens a segment starts it with the memory the
     finished segment leaves, exactly as the teacher-forced pass builds it."""
