@@ -110,7 +110,10 @@ def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path,
     config = {**XLDEMO_KEYS, **config}
     state = {_strip_compile_prefix(k): v.detach().to("cpu", STORAGE_DTYPES[dtype]).contiguous().clone()
              for k, v in model.state_dict().items()}
-    build_model(config).load_state_dict({k: v.float() for k, v in state.items()}, strict=True)  # fails before writing
+    try:  # fail before writing anything that would not load
+        build_model(config).load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise XLDemoError(f"the model does not fit this config ({_one_line(e)})") from None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})

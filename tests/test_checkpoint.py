@@ -1,0 +1,141 @@
+"""Checkpoint folders: save and load round trips, plain x-transformers loading, the Hub offline, bad folders."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from x_transformers import Decoder, TransformerWrapper
+
+from conftest import tiny_checkpoint, tiny_config
+from xldemo.checkpoint import load_checkpoint, save_checkpoint
+from xldemo.errors import XLDemoError
+from xldemo.teacher import teacher_forced_logits
+
+TOKENS = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(0))
+
+
+def saved(tmp_path, dtype="float32", config=None):
+    checkpoint = tiny_checkpoint(config)
+    folder = save_checkpoint(checkpoint.model, checkpoint.config, tmp_path / "ck", dtype=dtype)
+    return checkpoint, folder
+
+
+def test_save_then_load_gives_identical_logits(tmp_path):
+    original, folder = saved(tmp_path)
+    loaded = load_checkpoint(folder)
+    assert torch.equal(teacher_forced_logits(original.model, TOKENS), teacher_forced_logits(loaded.model, TOKENS))
+    assert json.loads((folder / "config.json").read_text())["tokenizer"] == "bytes"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_storage_loads_into_fp32(tmp_path, dtype):
+    original, folder = saved(tmp_path, dtype)
+    assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {getattr(torch, dtype)}
+    loaded = load_checkpoint(folder)
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    torch.testing.assert_close(teacher_forced_logits(loaded.model, TOKENS),
+                               teacher_forced_logits(original.model, TOKENS), atol=0.5, rtol=0.05)
+
+
+def test_plain_x_transformers_loads_it_strictly(tmp_path):
+    original, folder = saved(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("tokenizer")
+    model = TransformerWrapper(attn_layers=Decoder(**config.pop("attn_layers")), **config)
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    assert torch.equal(teacher_forced_logits(model.eval(), TOKENS), teacher_forced_logits(original.model, TOKENS))
+
+
+def test_compile_prefix_is_stripped_on_save(tmp_path):
+    checkpoint = tiny_checkpoint()
+    wrapped = torch.nn.Module()
+    wrapped._orig_mod = checkpoint.model  # the attribute torch.compile puts the model under
+    folder = save_checkpoint(wrapped, checkpoint.config, tmp_path / "ck")
+    assert not any("_orig_mod" in k for k in load_file(folder / "model.safetensors"))
+    load_checkpoint(folder)
+
+
+def fake_hub_cache(tmp_path, repo="someone/tiny-xl", revisions=(("main", 0),)):
+    """The Hugging Face cache layout: models--owner--name/{refs/REV, snapshots/COMMIT/files}."""
+    cache = tmp_path / "hub"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    for revision, seed in revisions:
+        commit = f"{seed:040x}"
+        checkpoint = tiny_checkpoint(seed=seed)
+        save_checkpoint(checkpoint.model, checkpoint.config, root / "snapshots" / commit)
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / revision).write_text(commit)
+    return cache
+
+
+def test_hub_repo_loads_offline_from_the_cache(tmp_path):
+    cache = fake_hub_cache(tmp_path, revisions=(("main", 0), ("v2", 1)))
+    main = load_checkpoint("someone/tiny-xl", cache_dir=str(cache))
+    v2 = load_checkpoint("someone/tiny-xl", revision="v2", cache_dir=str(cache))
+    assert torch.equal(teacher_forced_logits(main.model, TOKENS), teacher_forced_logits(tiny_checkpoint().model, TOKENS))
+    assert not torch.equal(teacher_forced_logits(main.model, TOKENS), teacher_forced_logits(v2.model, TOKENS))
+
+
+def test_unknown_hub_repo_offline_is_a_clear_error(tmp_path):
+    cache = fake_hub_cache(tmp_path)
+    with pytest.raises(XLDemoError, match="Hugging Face Hub cannot provide it"):
+        load_checkpoint("someone/not-there", cache_dir=str(cache))
+    with pytest.raises(XLDemoError, match="Hugging Face Hub cannot provide it"):
+        load_checkpoint("someone/tiny-xl", revision="nope", cache_dir=str(cache))
+
+
+def write_folder(tmp_path, config=None, weights=None):
+    folder = tmp_path / "bad"
+    folder.mkdir(exist_ok=True)
+    if config is not None:
+        (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    if weights is not None:
+        (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+GOOD = tiny_config()
+
+
+@pytest.mark.parametrize("config, weights, message", [
+    (None, None, "no config.json"),
+    ("{not json", None, "not valid JSON"),
+    ("[1, 2]", None, "expected a JSON object"),
+    ({k: v for k, v in GOOD.items() if k != "num_tokens"}, None, "missing key 'num_tokens'"),
+    ({**GOOD, "max_mem_len": 0}, None, "max_mem_len"),
+    ({k: v for k, v in GOOD.items() if k != "max_mem_len"}, None, "max_mem_len"),
+    ({**GOOD, "max_seq_len": "long"}, None, "max_seq_len"),
+    ({**GOOD, "bogus_wrapper_key": 1}, None, "bogus_wrapper_key"),
+    ({**GOOD, "attn_layers": {**GOOD["attn_layers"], "bogus_layer_key": 1}}, None, "bogus_layer_key"),
+    ({**GOOD, "tokenizer": "sentencepiece"}, None, "unknown tokenizer"),
+    (GOOD, None, "no model.safetensors"),
+    (GOOD, b"\x00garbage\xff" * 10, "not a readable safetensors file"),
+])
+def test_bad_folders_are_one_line_errors(tmp_path, config, weights, message):
+    folder = write_folder(tmp_path, config, weights)
+    with pytest.raises(XLDemoError, match=message) as error:
+        load_checkpoint(folder)
+    assert "\n" not in str(error.value)
+
+
+def test_weights_of_another_shape_are_refused(tmp_path):
+    _, folder = saved(tmp_path, config=tiny_config(depth=3))
+    (folder / "config.json").write_text(json.dumps({**tiny_config(), "tokenizer": "bytes"}))
+    with pytest.raises(XLDemoError, match="do not fit config.json"):
+        load_checkpoint(folder)
+
+
+def test_missing_folder_and_non_repo_ids(tmp_path):
+    for name in (tmp_path / "nowhere", "./relative/nowhere", "not a repo id"):
+        with pytest.raises(XLDemoError, match="no such folder"):
+            load_checkpoint(name)
+
+
+def test_save_refuses_unknown_dtype_and_a_config_that_does_not_fit(tmp_path):
+    checkpoint = tiny_checkpoint()
+    with pytest.raises(XLDemoError, match="dtype"):
+        save_checkpoint(checkpoint.model, checkpoint.config, tmp_path / "a", dtype="int8")
+    with pytest.raises(XLDemoError):
+        save_checkpoint(checkpoint.model, tiny_config(depth=3), tmp_path / "b")
+    assert not (tmp_path / "b").exists()

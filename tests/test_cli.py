@@ -1,0 +1,166 @@
+"""python -m xldemo generate: streaming, the JSON line, exactness, and one-line errors with exit code 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_checkpoint, tiny_config
+from xldemo.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from xldemo.cli import main
+from xldemo.teacher import teacher_forced_logits
+
+ROOT = Path(__file__).resolve().parent.parent
+L = 8
+
+
+@pytest.fixture
+def folder(tmp_path):
+    checkpoint = tiny_checkpoint(tiny_config(mem_len=5))
+    return save_checkpoint(checkpoint.model, checkpoint.config, tmp_path / "ck")
+
+
+def generate_json(capsys, *args) -> tuple[str, dict]:
+    assert main(["generate", *map(str, args), "--json"]) == 0
+    out = capsys.readouterr().out
+    *streamed, last = out.rstrip("\n").split("\n")
+    return "\n".join(streamed), json.loads(last)
+
+
+def test_json_line_is_exact_and_complete(folder, capsys):
+    prompt = "To be, or not to be"  # 19 bytes: the third segment holds the end of the prompt
+    streamed, result = generate_json(capsys, "--checkpoint", folder, "--prompt", prompt,
+                                     "--max-new-tokens", 3 * L, "--temperature", 0)
+    ids = result["token_ids"]
+    logits = teacher_forced_logits(tiny_checkpoint(tiny_config(mem_len=5)).model,
+                                   torch.tensor([list(prompt.encode()) + ids]))[0]
+    assert ids == logits[len(prompt) - 1:-1].argmax(-1).tolist()
+    assert result["text"] == bytes(ids).decode("utf-8", errors="replace")
+    assert streamed == result["text"]
+    assert result["segments"] == [
+        {"index": 0, "start": 0, "prompt_tokens": 8, "generated_tokens": 0},
+        {"index": 1, "start": 8, "prompt_tokens": 8, "generated_tokens": 0},
+        {"index": 2, "start": 16, "prompt_tokens": 3, "generated_tokens": 5},
+        {"index": 3, "start": 24, "prompt_tokens": 0, "generated_tokens": 8},
+        {"index": 4, "start": 32, "prompt_tokens": 0, "generated_tokens": 8},
+        {"index": 5, "start": 40, "prompt_tokens": 0, "generated_tokens": 3},
+    ]
+    assert result["reason"] == "length" and result["mem_len"] == 5 and result["memory_tokens"] == 5
+    for key in ("warmup_s", "time_to_first_token_s", "decode_tokens_per_s"):
+        assert result[key] > 0
+
+
+def test_prompt_file_is_raw_bytes(folder, tmp_path, capsys):
+    raw = b"\xff\xfe not utf-8 \xc3"
+    (tmp_path / "p.bin").write_bytes(raw)
+    _, result = generate_json(capsys, "--checkpoint", folder, "--prompt-file", tmp_path / "p.bin",
+                              "--max-new-tokens", 4, "--seed", 1)
+    assert result["prompt_tokens"] == len(raw) and len(result["token_ids"]) == 4
+
+
+def test_sampling_options_reach_the_engine(folder, capsys):
+    args = ("--checkpoint", folder, "--prompt", "abc", "--max-new-tokens", 12, "--temperature", 0.8,
+            "--top-k", 20, "--top-p", 0.9, "--min-p", 0.01, "--repetition-penalty", 1.3)
+    a = generate_json(capsys, *args, "--seed", 3)[1]
+    b = generate_json(capsys, *args, "--seed", 3)[1]
+    c = generate_json(capsys, *args, "--seed", 4, "--mem-len", 0, "--num-samples", 2)[1]
+    assert a["token_ids"] == b["token_ids"] and a["seed"] == 3
+    assert c["mem_len"] == 0 and len(c["samples"]) == 2
+
+
+def test_stop_and_eos(folder, capsys):
+    greedy = generate_json(capsys, "--checkpoint", folder, "--prompt", "abc", "--max-new-tokens", 20,
+                           "--temperature", 0)[1]
+    eos = greedy["token_ids"][5]
+    result = generate_json(capsys, "--checkpoint", folder, "--prompt", "abc", "--max-new-tokens", 20,
+                           "--temperature", 0, "--eos", eos)[1]
+    assert result["reason"] == "eos" and result["token_ids"][-1] == eos
+
+
+def bad_folders(tmp_path: Path, good: Path) -> dict[str, Path]:
+    folders = {}
+
+    def make(name, config=None, weights=None):
+        path = tmp_path / name
+        path.mkdir()
+        if config is not None:
+            (path / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+        if weights is not None:
+            (path / "model.safetensors").write_bytes(weights)
+        folders[name] = path
+
+    weights = (good / "model.safetensors").read_bytes()
+    config = json.loads((good / "config.json").read_text())
+    make("no-config", weights=weights)
+    make("malformed-config", "{oops", weights)
+    make("corrupt-weights", config, weights[: len(weights) // 2])
+    make("rejected-key", {**config, "attn_layers": {**config["attn_layers"], "wings": 2}}, weights)
+    make("no-memory", {**config, "max_mem_len": 0}, weights)
+    return folders
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("missing folder", ["--checkpoint", "{tmp}/nowhere", "--prompt", "a"], "no such folder"),
+    ("no-config", ["--checkpoint", "{tmp}/no-config", "--prompt", "a"], "no config.json"),
+    ("malformed-config", ["--checkpoint", "{tmp}/malformed-config", "--prompt", "a"], "not valid JSON"),
+    ("corrupt-weights", ["--checkpoint", "{tmp}/corrupt-weights", "--prompt", "a"], "safetensors"),
+    ("rejected-key", ["--checkpoint", "{tmp}/rejected-key", "--prompt", "a"], "wings"),
+    ("no-memory", ["--checkpoint", "{tmp}/no-memory", "--prompt", "a"], "max_mem_len"),
+    ("empty prompt", ["--checkpoint", "{good}", "--prompt", ""], "empty"),
+    ("empty prompt file", ["--checkpoint", "{good}", "--prompt-file", "{tmp}/empty.txt"], "empty"),
+    ("missing prompt file", ["--checkpoint", "{good}", "--prompt-file", "{tmp}/none.txt"], "cannot read"),
+    ("max-new-tokens 0", ["--checkpoint", "{good}", "--prompt", "a", "--max-new-tokens", "0"], "max_new_tokens"),
+    ("negative temperature", ["--checkpoint", "{good}", "--prompt", "a", "--temperature", "-1"], "temperature"),
+    ("top-p 0", ["--checkpoint", "{good}", "--prompt", "a", "--top-p", "0"], "top_p"),
+    ("top-p 1.5", ["--checkpoint", "{good}", "--prompt", "a", "--top-p", "1.5"], "top_p"),
+    ("unknown hub repo offline", ["--checkpoint", "nobody/no-such-model", "--prompt", "a"], "Hugging Face Hub"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_2(folder, tmp_path, capsys, case, args, message):
+    bad_folders(tmp_path, folder)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    args = [a.format(tmp=tmp_path, good=folder) for a in args]
+    assert main(["generate", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("error: ")
+
+
+@pytest.mark.parametrize("args", [["--max-new-tokens", "many"], ["--top-p"], ["--prompt", "a", "--prompt-file", "b"],
+                                  []])
+def test_malformed_arguments_exit_2_in_one_line(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", *args] if args != [] else ["generate"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def run_cli(*args, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "xldemo", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+def test_real_process_streams_then_ends_with_json(folder):
+    result = run_cli("generate", "--checkpoint", folder, "--prompt", "hello", "--max-new-tokens", 10,
+                     "--temperature", 0, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().split("\n")[-1])["token_ids"]
+
+
+def test_real_process_reports_bad_input_without_traceback(tmp_path):
+    hub = tmp_path / "empty-hub-cache"
+    hub.mkdir()
+    for args in (["--checkpoint", tmp_path / "nowhere", "--prompt", "a"],
+                 ["--checkpoint", "someone/unknown-model", "--prompt", "a"]):
+        result = run_cli("generate", *args, env={"HF_HUB_CACHE": str(hub)})
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_dir(), reason="the shipped checkpoint is not in this checkout")
+def test_default_checkpoint_is_the_shipped_one(capsys):
+    _, result = generate_json(capsys, "--prompt", "ROMEO.\n", "--max-new-tokens", 5, "--temperature", 0)
+    assert len(result["token_ids"]) == 5 and result["mem_len"] == 256

@@ -1,0 +1,52 @@
+"""Sampling filters against brute-force definitions, and the penalty's direction."""
+
+import pytest
+import torch
+
+from xldemo.engine import GenerationSettings
+from xldemo.sampling import choose_tokens, filter_logits, penalize_repeats
+
+LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+
+
+def kept(logits):
+    return set(torch.nonzero(torch.isfinite(logits[0])).flatten().tolist())
+
+
+def test_top_k_keeps_the_k_largest():
+    assert kept(filter_logits(LOGITS, top_k=2)) == {0, 1}
+    assert kept(filter_logits(LOGITS, top_k=0)) == set(range(6))
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.6, 0.8, 0.95, 0.999])
+def test_top_p_keeps_the_smallest_prefix_reaching_p(top_p):
+    probs = LOGITS.softmax(-1)[0].tolist()  # already sorted, largest first
+    total, expected = 0.0, set()
+    for i, p in enumerate(probs):
+        expected.add(i)
+        total += p
+        if total >= top_p:
+            break
+    assert kept(filter_logits(LOGITS, top_p=top_p)) == expected
+
+
+def test_min_p_drops_tokens_below_a_fraction_of_the_best():
+    probs = LOGITS.softmax(-1)[0]
+    expected = {i for i, p in enumerate(probs.tolist()) if p >= 0.2 * probs.max().item()}
+    assert kept(filter_logits(LOGITS, min_p=0.2)) == expected
+
+
+def test_repetition_penalty_lowers_seen_tokens_either_sign():
+    seen = torch.tensor([[True, False, False, False, True, False]])
+    out = penalize_repeats(LOGITS, seen, 2.0)
+    assert out[0, 0] == 1.0 and out[0, 4] == -2.0 and torch.equal(out[0, 1:4], LOGITS[0, 1:4])
+
+
+def test_greedy_is_argmax_after_penalty_and_sampling_respects_filters():
+    seen = torch.zeros(1, 6, dtype=torch.bool)
+    seen[0, 0] = True
+    greedy = choose_tokens(LOGITS, seen, GenerationSettings(temperature=0, repetition_penalty=3.0), None)
+    assert greedy.item() == 1
+    generator = torch.Generator().manual_seed(0)
+    draws = {choose_tokens(LOGITS, seen, GenerationSettings(top_k=3), generator).item() for _ in range(200)}
+    assert draws == {0, 1, 2}

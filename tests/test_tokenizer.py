@@ -1,0 +1,28 @@
+"""Byte tokens and streaming UTF-8: split characters come out whole, bad bytes as U+FFFD, never an error."""
+
+from xldemo.tokenizer import ByteTokenizer
+
+
+def stream(data: bytes) -> list[str]:
+    decoder = ByteTokenizer().stream_decoder()
+    return [decoder.push(b) for b in data] + [decoder.flush()]
+
+
+def test_encode_is_bytes_and_round_trips():
+    tokenizer = ByteTokenizer()
+    text = "Ariel — 精霊 🌊"
+    assert tokenizer.encode(text) == list(text.encode())
+    assert tokenizer.encode(b"\xff\x00") == [255, 0]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_split_characters_appear_once_complete():
+    pieces = stream("é🌊".encode())
+    assert pieces == ["", "é", "", "", "", "🌊", ""]
+
+
+def test_invalid_bytes_become_replacement_characters():
+    assert "".join(stream(b"a\xffb\xc3")) == "a\ufffdb\ufffd"
+    assert "".join(stream(b"\xe2\x82")) == "\ufffd"
+    data = bytes(range(256))
+    assert "".join(stream(data)) == data.decode("utf-8", errors="replace")
