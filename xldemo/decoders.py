@@ -4,6 +4,7 @@ import torch
 from x_transformers import TransformerWrapper
 
 from .errors import XLDemoError
+from .fast import FastDecoder
 
 
 def next_memory(mems, hiddens, mem_len: int, shift_mem_down: int = 0):
@@ -52,11 +53,17 @@ class GenericDecoder:
         return 0 if self.mems is None else self.mems[0].shape[-2]
 
 
-DECODERS = {"generic": GenericDecoder}
+DECODERS = {"fast": FastDecoder, "generic": GenericDecoder}
 
 
 def make_decoder(net: TransformerWrapper, choice: str = "auto"):
-    """The fast decoder where it supports net's configuration (auto, fast), else x-transformers' own."""
-    if choice == "fast":
-        raise XLDemoError("the fast decoder does not support this model's configuration")
-    return GenericDecoder(net)
+    """The fast decoder where it supports net's configuration (auto, fast), else x-transformers' own (auto,
+    generic); "fast" on a configuration it does not support raises XLDemoError saying why."""
+    if choice not in ("auto", *DECODERS):
+        raise XLDemoError(f"decoder must be one of auto, {', '.join(DECODERS)}, got {choice!r}")
+    if choice != "auto":
+        return DECODERS[choice](net)
+    try:
+        return FastDecoder(net)
+    except XLDemoError:
+        return GenericDecoder(net)
