@@ -1,0 +1,231 @@
+"""HTML for the app: text cut into labelled XL segments, stats lines, and prompt bytes coloured by surprisal."""
+
+import html
+import math
+
+# upper bounds, in bits per byte, of the surprisal colour levels; a byte above the last is in the top level
+BIT_LEVELS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def escape(text: str) -> str:
+    """HTML-escaped text; $, { and } become entities too, so gr.HTML's template pass leaves them literal."""
+    return html.escape(text).replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;")
+
+
+class SegmentedText:
+    """A growing text cut into segments, as HTML that only ever grows at its end (so Gradio streams it as small
+    appends): each segment opens with a `segment N` label, and prompt and generated text are styled apart."""
+
+    def __init__(self):
+        self._html = ""
+        self._pending: list[str] = []  # text not yet in _html, all of one style
+        self._style = (0, "prompt")  # (segment, source) of the pending text
+
+    def open_segment(self, index: int) -> None:
+        self._flush()
+        self._html += f'<span class="xl-label xl-s{index % 2}" data-segment="{index}">segment {index}</span>'
+
+    def add(self, segment: int, source: str, text: str) -> None:
+        """source: "prompt" or "generated"."""
+        if not text:
+            return
+        if (segment, source) != self._style:
+            self._flush()
+            self._style = (segment, source)
+        self._pending.append(text)
+
+    def fold(self, first: int, last: int, n_bytes: int) -> None:
+        """One line standing for segments first..last, which are not shown."""
+        self._flush()
+        span = f"segment {first}" if first == last else f"segments {first}–{last}"
+        self._html += (f'<span class="xl-fold" data-segment="{first}">{span}: {n_bytes:,} prompt bytes, '
+                       f'folded into memory (not shown)</span>')
+
+    def html(self) -> str:
+        self._flush()
+        return self._html
+
+    def _flush(self) -> None:
+        if self._pending:
+            segment, source = self._style
+            self._html += f'<span class="xl-{source} xl-s{segment % 2}">{escape("".join(self._pending))}</span>'
+            self._pending = []
+
+
+def split_segments(ids: list[int], seg_len: int, decoder) -> list[str]:
+    """The text of each seg_len slice of ids, decoded by a tokenizer's stream decoder; a character that a
+    boundary cuts belongs to the segment where it completes."""
+    texts = ["".join(decoder.push(t) for t in ids[start:start + seg_len]) for start in range(0, len(ids), seg_len)]
+    texts[-1] += decoder.flush()
+    return texts
+
+
+def add_prompt(view: SegmentedText, segments: list[str], max_shown_bytes: int) -> None:
+    """Opens every prompt segment in view; the leading ones beyond the last max_shown_bytes are folded into
+    one line (the last segment is always shown)."""
+    sizes = [len(text.encode("utf-8")) for text in segments]
+    first_shown, shown = len(segments) - 1, sizes[-1]
+    while first_shown > 0 and shown + sizes[first_shown - 1] <= max_shown_bytes:
+        first_shown -= 1
+        shown += sizes[first_shown]
+    if first_shown > 0:
+        view.fold(0, first_shown - 1, sum(sizes[:first_shown]))
+    for index in range(first_shown, len(segments)):
+        view.open_segment(index)
+        view.add(index, "prompt", segments[index])
+
+
+def stats_line(items: list[tuple[str, str]], note: str = "") -> str:
+    """Chips of (value, what it counts), e.g. ("6", "segments"), then an optional note."""
+    chips = "".join(f'<span class="xl-stat"><b>{escape(value)}</b> {escape(label)}</span>' for value, label in items)
+    return f'<div class="xl-stats">{chips}{_note(note)}</div>'
+
+
+def live_line(items: list[tuple[str, str]], note: str = "") -> str:
+    """A stats line for a run still going: is_live tells it from a final one."""
+    return stats_line(items, note).replace('class="xl-stats"', 'class="xl-stats xl-live"', 1)
+
+
+def progress_line(label: str, done: int, total: int) -> str:
+    """A live line with a progress bar."""
+    percent = 100.0 * done / total if total else 100.0
+    return (f'<div class="xl-stats xl-live"><span class="xl-stat">{escape(label)} <b>{done}</b> of <b>{total}</b>'
+            f'</span><span class="xl-bar" role="progressbar" aria-valuenow="{done}" aria-valuemin="0" '
+            f'aria-valuemax="{total}"><span style="width:{percent:.1f}%"></span></span></div>')
+
+
+def message_line(text: str) -> str:
+    return f'<div class="xl-stats">{_note(text)}</div>'
+
+
+def is_live(line: str | None) -> bool:
+    return bool(line) and line.startswith('<div class="xl-stats xl-live"')
+
+
+def generation_stats(finished, started, stopped_by: str = "") -> list[tuple[str, str]]:
+    """The stats chips of a finished run: engine Finished and Started events."""
+    return [(f"{len(finished.token_ids[0])}", "new tokens"),
+            (f"{finished.segments}", "segments"),
+            (f"{finished.memory_tokens}", "tokens in memory per layer"),
+            (f"{finished.warmup_s:.2f} s", "memory warm-up"),
+            (f"{finished.time_to_first_token_s:.2f} s", "to first token"),
+            (_rate(finished.decode_tokens_per_s), "tokens/s"),
+            (f"{started.seed}", "seed"),
+            (stopped_by or finished.reason, "stopped by")]
+
+
+def byte_pieces(ids: list[int], bits: list[float], seg_len: int, decoder) -> list[tuple[str, float | None, int]]:
+    """(text, bits per byte, segment) per decoded piece of ids; bits[i] is the cost of ids[i + 1], so the first
+    piece has none. A character of several bytes gets their mean."""
+    pieces, spent, count = [], 0.0, 0
+    for position, token in enumerate(ids):
+        if position > 0:
+            spent, count = spent + bits[position - 1], count + 1
+        text = decoder.push(token)
+        if position == len(ids) - 1:
+            text += decoder.flush()
+        if text:
+            pieces.append((text, spent / count if count else None, position // seg_len))
+            spent, count = 0.0, 0
+    return pieces
+
+
+def surprisal_html(pieces: list[tuple[str, float | None, int]]) -> str:
+    """The text with each piece's background as dark as its surprisal; runs of one level share a span."""
+    out, run, style, segment = [], [], None, -1
+    for text, bits, seg in pieces:
+        if seg != segment:
+            out.append(_run_html(run, style))
+            run, style, segment = [], None, seg
+            out.append(f'<span class="xl-label xl-s{seg % 2}" data-segment="{seg}">segment {seg}</span>')
+        level = "na" if bits is None else str(surprisal_level(bits))
+        if level != style:
+            out.append(_run_html(run, style))
+            run, style = [], level
+        run.append(text)
+    out.append(_run_html(run, style))
+    return "".join(out)
+
+
+def surprisal_level(bits: float) -> int:
+    return next((i for i, bound in enumerate(BIT_LEVELS) if bits <= bound), len(BIT_LEVELS))
+
+
+def surprisal_legend() -> str:
+    bounds = ["0", *(f"{b:g}" for b in BIT_LEVELS), "more"]
+    cells = "".join(f'<span class="xl-b{i}">{bounds[i]}–{bounds[i + 1]}</span>' for i in range(len(BIT_LEVELS)))
+    cells += f'<span class="xl-b{len(BIT_LEVELS)}">&gt; {bounds[-2]}</span>'
+    return f'<div class="xl-legend">bits per byte: {cells}</div>'
+
+
+def surprisal_summary(bits_on: list[float], bits_off: list[float], seg_len: int, scored_bytes: int,
+                      prompt_bytes: int) -> str:
+    """Mean bits per byte with and without memory, over the whole text and after its first segment (where
+    the two can differ)."""
+    def mean(values):
+        return sum(values) / len(values) if values else math.nan
+
+    on, off = mean(bits_on), mean(bits_off)
+    # bits[i] predicts byte i + 1 from position i; memory first acts at position seg_len
+    later_on, later_off = mean(bits_on[seg_len:]), mean(bits_off[seg_len:])
+    items = [(f"{off - on:.3f}", "bits/byte saved by memory"),
+             (f"{on:.3f}", "bits/byte with memory"), (f"{off:.3f}", "without")]
+    if bits_on[seg_len:]:
+        items.append((f"{later_off - later_on:.3f}", "saved after segment 0"))
+    note = (f"scored the first {scored_bytes:,} of {prompt_bytes:,} bytes" if scored_bytes < prompt_bytes
+            else f"scored all {scored_bytes:,} bytes")
+    return stats_line(items, note)
+
+
+def _run_html(run: list[str], style: str | None) -> str:
+    return f'<span class="xl-b{style}">{escape("".join(run))}</span>' if run else ""
+
+
+def _note(text: str) -> str:
+    return f'<span class="xl-note">{escape(text)}</span>' if text else ""
+
+
+def _rate(per_s: float) -> str:
+    return "–" if math.isnan(per_s) else f"{per_s:.1f}"
+
+
+# styles for everything above, scoped to each gr.HTML by its css_template; theme variables keep dark mode readable
+CSS = """
+.xl-view { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 0.9rem;
+  line-height: 1.65; color: var(--body-text-color); min-height: 8rem; }
+.xl-view:empty::before { content: attr(data-empty); color: var(--body-text-color-subdued); font-family: var(--font); }
+.xl-s0 { background: rgba(59, 130, 246, 0.10); }
+.xl-s1 { background: rgba(245, 158, 11, 0.13); }
+.xl-label { display: inline-block; margin: 0 0.3em 0 0.15em; padding: 0 0.45em; border-radius: 999px;
+  font-family: var(--font); font-size: 0.68rem; font-weight: 600; line-height: 1.5; letter-spacing: 0.02em;
+  vertical-align: 0.1em; white-space: nowrap; user-select: none; }
+.xl-label.xl-s0 { background: rgba(59, 130, 246, 0.85); color: #fff; }
+.xl-label.xl-s1 { background: rgba(217, 119, 6, 0.9); color: #fff; }
+.xl-prompt { color: var(--body-text-color); opacity: 0.62; }
+.xl-generated { color: var(--body-text-color); font-weight: 600; text-decoration: underline;
+  text-decoration-color: rgba(16, 185, 129, 0.8); text-decoration-thickness: 2px; text-underline-offset: 3px; }
+.xl-fold { display: block; margin-bottom: 0.4rem; padding: 0.2rem 0.5rem;
+  border: 1px dashed var(--border-color-primary); border-radius: var(--radius-md); font-family: var(--font);
+  font-size: 0.8rem; color: var(--body-text-color-subdued); }
+.xl-stats { display: flex; flex-wrap: wrap; gap: 0.35rem 0.5rem; align-items: center; font-size: 0.85rem;
+  color: var(--body-text-color-subdued); min-height: 1.8rem; }
+.xl-stat { padding: 0.1rem 0.55rem; border-radius: 999px; background: var(--background-fill-secondary);
+  border: 1px solid var(--border-color-primary); white-space: nowrap; }
+.xl-stat b { color: var(--body-text-color); font-variant-numeric: tabular-nums; }
+.xl-note { font-style: italic; }
+.xl-bar { flex: 1 1 8rem; max-width: 16rem; height: 0.5rem; border-radius: 999px; overflow: hidden;
+  background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary); }
+.xl-bar span { display: block; height: 100%; background: rgba(59, 130, 246, 0.85); }
+.xl-legend { display: flex; flex-wrap: wrap; gap: 0.25rem; align-items: center; font-size: 0.78rem;
+  color: var(--body-text-color-subdued); margin: 0.25rem 0; }
+.xl-legend span { padding: 0 0.4rem; border-radius: 4px; color: var(--body-text-color); }
+.xl-bna { color: var(--body-text-color-subdued); }
+.xl-b0 { background: rgba(239, 68, 68, 0.00); }
+.xl-b1 { background: rgba(239, 68, 68, 0.08); }
+.xl-b2 { background: rgba(239, 68, 68, 0.16); }
+.xl-b3 { background: rgba(239, 68, 68, 0.26); }
+.xl-b4 { background: rgba(239, 68, 68, 0.38); }
+.xl-b5 { background: rgba(239, 68, 68, 0.52); }
+.xl-b6 { background: rgba(239, 68, 68, 0.68); }
+.xl-b7 { background: rgba(220, 38, 38, 0.85); color: #fff; }
+"""
