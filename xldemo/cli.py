@@ -90,7 +90,15 @@ def cmd_eval(args) -> None:
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")
 
 
+def cmd_bench(args) -> None:
+    from .bench import BenchSettings, format_table, run_bench
+
+    rows, about = run_bench(from_options(BenchSettings, args), log=lambda line: print(line, file=sys.stderr))
+    print(format_table(rows, about))
+
+
 def build_parser() -> Parser:
+    from .bench import BenchSettings
     from .evaluate import EvalSettings
     from .train import TrainSettings
 
@@ -125,6 +133,9 @@ def build_parser() -> Parser:
     evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without")
     add_dataclass_options(evaluate, EvalSettings)
     evaluate.set_defaults(run=cmd_eval)
+    bench = commands.add_parser("bench", help="xldemo against XLAutoregressiveWrapper.generate, side by side")
+    add_dataclass_options(bench, BenchSettings)
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 

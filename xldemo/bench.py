@@ -1,0 +1,273 @@
+"""The benchmark: xldemo's engine and x-transformers' XLAutoregressiveWrapper.generate side by side, same model."""
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import DEFAULT_CHECKPOINT, build_model, load_checkpoint, save_checkpoint
+from .engine import GenerationSettings, Started, Token, generate
+from .errors import XLDemoError
+
+RANDOM_CONFIG = Path(__file__).resolve().parent / "configs" / "shakespeare-xl.json"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    checkpoint: str = ""  # default: the shipped checkpoint, else a random model of random_config's shape
+    random_config: str = ""  # a config.json: benchmark a randomly initialised model of this shape instead
+    new_tokens: int = 256  # decoded per timing, greedy
+    prompt_segments: int = 4  # length of the decode-speed prompt, in segments
+    ttft_prompt_bytes: int = 65536
+    memory_prompt_bytes: str = "1024,1048576"  # one fresh process per size and side; "" skips
+    repeats: int = 3  # interleaved timings of both sides; the median is reported
+    cli_repeats: int = 2  # long and 1-token runs of `python -m xldemo generate --json`, fresh processes; 0 skips
+    cli_new_tokens: int = 1024  # more than new_tokens: the difference must outweigh process start-up noise
+    decoder: str = "auto"
+    threads: int = 0  # torch threads; 0 is torch's choice
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, least in (("new_tokens", 2), ("prompt_segments", 1), ("ttft_prompt_bytes", 1), ("repeats", 1),
+                            ("cli_repeats", 0), ("cli_new_tokens", 2), ("threads", 0)):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < least:
+                raise XLDemoError(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
+        if self.checkpoint and self.random_config:
+            raise XLDemoError("give checkpoint or random_config, not both")
+        _sizes(self.memory_prompt_bytes)
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    reference: float | None  # XLAutoregressiveWrapper.generate; None where it has no counterpart
+    xldemo: float
+    ratio: float | None  # how many times better xldemo is: higher speed, lower time or memory
+
+
+def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> tuple[list[Row], dict]:
+    """Rows of the table, and what they were measured on (model, decoder path, threads, date); log(line) hears
+    of each stage."""
+    settings = settings or BenchSettings()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, source = _checkpoint_folder(settings, Path(scratch))
+        checkpoint = load_checkpoint(folder)
+        net, seg_len = checkpoint.model, checkpoint.max_seq_len
+        reference = _reference(net)
+        length = settings.prompt_segments * seg_len
+        prompt = _prompt(length, settings.seed)
+        rows, decoder = [], _decoder_path(checkpoint, settings)
+
+        log(f"decode speed: {settings.new_tokens} tokens after a {length}-token prompt, {settings.repeats} rounds")
+        per_token = {"reference": [], "xldemo": []}
+        for _ in range(settings.repeats):
+            for side, run in (("reference", lambda n: _reference_seconds(reference, prompt, n)),
+                              ("xldemo", lambda n: _xldemo_seconds(checkpoint, prompt, n, settings.decoder))):
+                long, short = run(settings.new_tokens), run(1)
+                per_token[side].append((long - short) / (settings.new_tokens - 1))
+        ref_speed, our_speed = (1 / statistics.median(per_token[s]) for s in ("reference", "xldemo"))
+        rows.append(Row(f"decode tokens/s (greedy, {length}-token prompt)", ref_speed, our_speed, our_speed / ref_speed))
+
+        if settings.cli_repeats:
+            log("decode speed through the CLI, fresh processes")
+            cli_speed, reported = _cli_speed(folder, prompt, settings)
+            # x-transformers has no command line: compared with its in-process speed
+            rows.append(Row("decode tokens/s, `python -m xldemo generate --json` in fresh processes", None,
+                            cli_speed, cli_speed / ref_speed))
+            rows.append(Row("decode tokens/s, as that JSON reports it", None, reported, reported / ref_speed))
+
+        log(f"time to first token: {settings.ttft_prompt_bytes}-byte prompt, {settings.repeats} rounds")
+        long_prompt = _prompt(settings.ttft_prompt_bytes, settings.seed + 1)
+        ttft = {"reference": [], "xldemo": []}
+        for _ in range(settings.repeats):
+            ttft["reference"].append(_reference_seconds(reference, long_prompt, 1))
+            ttft["xldemo"].append(_xldemo_first_token_seconds(checkpoint, long_prompt, settings.decoder))
+        ref_s, our_s = (statistics.median(ttft[s]) for s in ("reference", "xldemo"))
+        rows.append(Row(f"time to first token, {_size(settings.ttft_prompt_bytes)} prompt (s)", ref_s, our_s,
+                        ref_s / our_s))
+
+        growth = {}
+        for size in _sizes(settings.memory_prompt_bytes):
+            log(f"peak memory: {_size(size)} prompt, one fresh process per side")
+            growth[size] = {side: _peak_rss_growth_in_subprocess(side, folder, size, settings)
+                            for side in ("reference", "xldemo")}
+            ref_mb, our_mb = growth[size]["reference"], growth[size]["xldemo"]
+            rows.append(Row(f"peak RSS growth, {_size(size)} prompt (MB)", ref_mb, our_mb, _ratio(ref_mb, our_mb)))
+        if len(growth) > 1:
+            small, large = min(growth), max(growth)
+            ref_mb, our_mb = (growth[large][s] - growth[small][s] for s in ("reference", "xldemo"))
+            rows.append(Row(f"peak RSS, {_size(large)} prompt minus {_size(small)} prompt (MB)", ref_mb, our_mb,
+                            _ratio(ref_mb, our_mb)))
+    about = {"model": source, "parameters": sum(p.numel() for p in net.parameters()), "decoder": decoder,
+             "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "date": time.strftime("%Y-%m-%d"), "new_tokens": settings.new_tokens, "repeats": settings.repeats}
+    return rows, about
+
+
+def format_table(rows: list[Row], about: dict) -> str:
+    """A Markdown table, with what it was measured on underneath."""
+    lines = ["| | XLAutoregressiveWrapper.generate | xldemo | ratio (> 1: xldemo better) |", "|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row.metric} | {_number(row.reference)} | {_number(row.xldemo)} | "
+                     f"{'—' if row.ratio is None else f'{row.ratio:.2f}x'} |")
+    lines.append("")
+    lines.append(f"{about['model']} ({about['parameters'] / 1e6:.1f}M parameters), xldemo's {about['decoder']} decoder, "
+                 f"{about['threads']} torch threads, torch {about['torch']}, {about['date']}; medians of "
+                 f"{about['repeats']} interleaved rounds, decode speed from {about['new_tokens']} tokens minus 1.")
+    return "\n".join(lines)
+
+
+def _checkpoint_folder(settings: BenchSettings, scratch: Path) -> tuple[Path, str]:
+    """A checkpoint folder every process can load: the one named, the shipped one, or a random model saved."""
+    if settings.checkpoint:
+        return Path(settings.checkpoint), settings.checkpoint
+    if not settings.random_config and (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
+        return DEFAULT_CHECKPOINT, "the shipped checkpoint"
+    config_path = Path(settings.random_config or RANDOM_CONFIG)
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise XLDemoError(f"random_config: cannot read {config_path} ({e})") from None
+    torch.manual_seed(settings.seed)
+    save_checkpoint(build_model(config), config, scratch / "random")
+    return scratch / "random", f"a random model of {config_path.name}'s shape"
+
+
+def _reference(net):
+    from x_transformers import XLAutoregressiveWrapper
+
+    # eval(): generate's eval_decorator restores the wrapper's training flag on the shared net afterwards
+    return XLAutoregressiveWrapper(net).eval()
+
+
+def _decoder_path(checkpoint, settings: BenchSettings) -> str:
+    events = generate(checkpoint, [0], GenerationSettings(max_new_tokens=1, decoder=settings.decoder))
+    return next(e.decoder for e in events if isinstance(e, Started))
+
+
+def _reference_seconds(reference, prompt: bytes, new_tokens: int) -> float:
+    began = time.perf_counter()
+    reference.generate(torch.tensor([list(prompt)]), new_tokens, temperature=0.0)
+    return time.perf_counter() - began
+
+
+def _xldemo_seconds(checkpoint, prompt: bytes, new_tokens: int, decoder: str) -> float:
+    began = time.perf_counter()
+    for _ in generate(checkpoint, list(prompt), GenerationSettings(max_new_tokens=new_tokens, temperature=0,
+                                                                   decoder=decoder)):
+        pass
+    return time.perf_counter() - began
+
+
+def _xldemo_first_token_seconds(checkpoint, prompt: bytes, decoder: str) -> float:
+    began = time.perf_counter()
+    events = generate(checkpoint, list(prompt), GenerationSettings(max_new_tokens=1, temperature=0, decoder=decoder))
+    next(e for e in events if isinstance(e, Token))
+    return time.perf_counter() - began
+
+
+def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[float, float]:
+    """Tokens/s from the wall time of a long and a 1-token CLI run, and the median the JSON reports."""
+    with tempfile.NamedTemporaryFile(suffix=".txt") as prompt_file:
+        prompt_file.write(prompt)
+        prompt_file.flush()
+
+        def run(new_tokens: int) -> tuple[float, dict]:
+            command = [sys.executable, "-m", "xldemo", "generate", "--checkpoint", str(folder), "--prompt-file",
+                       prompt_file.name, "--max-new-tokens", str(new_tokens), "--temperature", "0", "--json",
+                       "--decoder", settings.decoder, "--threads", str(settings.threads or torch.get_num_threads())]
+            began = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.perf_counter() - began
+            if done.returncode != 0:
+                raise XLDemoError(f"the CLI failed: {done.stderr.strip().splitlines()[-1:]}")
+            return seconds, json.loads(done.stdout.strip().splitlines()[-1])
+
+        per_token, reported = [], []
+        for _ in range(settings.cli_repeats):
+            (long, report), (short, _) = run(settings.cli_new_tokens), run(1)
+            per_token.append((long - short) / (settings.cli_new_tokens - 1))
+            reported.append(report["decode_tokens_per_s"])
+    return 1 / statistics.median(per_token), statistics.median(reported)
+
+
+def _peak_rss_growth_in_subprocess(side: str, folder: Path, prompt_bytes: int, settings: BenchSettings) -> float:
+    """Measured in a fresh process, so nothing the other side or an earlier size allocated is counted or reused."""
+    args = dict(side=side, folder=str(folder), prompt_bytes=prompt_bytes, new_tokens=settings.new_tokens,
+                decoder=settings.decoder, threads=settings.threads, seed=settings.seed)
+    code = "import json, sys; from xldemo.bench import peak_rss_growth; print(peak_rss_growth(**json.loads(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise XLDemoError(f"memory measurement failed: {done.stderr.strip().splitlines()[-1:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_growth(side: str, folder: str, prompt_bytes: int, new_tokens: int, decoder: str = "auto",
+                    threads: int = 0, seed: int = 0) -> float:
+    """MB by which this process's peak resident memory grows while side (reference or xldemo) turns a fresh
+    prompt_bytes prompt into new_tokens tokens: from the loaded model to the end, prompt conversion included."""
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint = load_checkpoint(folder)
+    prompt = _prompt(prompt_bytes, seed)
+    before = _reset_peak_rss()
+    if side == "reference":
+        _reference_seconds(_reference(checkpoint.model), prompt, new_tokens)
+    else:
+        _xldemo_seconds(checkpoint, prompt, new_tokens, decoder)
+    return (_peak_rss() - before) / 2**20
+
+
+def _reset_peak_rss() -> int:
+    """The resident bytes now, after making them the peak (Linux: VmHWM is reset through clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
+def _peak_rss() -> int:
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(key: str) -> int:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+
+
+def _prompt(length: int, seed: int) -> bytes:
+    """Random bytes: every prompt token costs the same, and byte models take any byte."""
+    return bytes(torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(seed)).tolist())
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        sizes = [0]
+    if any(s < 1 for s in sizes):
+        raise XLDemoError(f"memory_prompt_bytes must be comma-separated byte counts, got {text!r}")
+    return sizes
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MB", 2**20), ("KB", 2**10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def _ratio(reference: float, ours: float) -> float | None:
+    return reference / ours if ours > 1 and reference > 1 else None
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
