@@ -1,3 +1,5 @@
+"""Shakespeare data: the split rules, deterministic preparation, and no held-out text in the training data."""
+
 import io
 import json
 import re

@@ -1,3 +1,5 @@
+"""Training: the loss falls, resuming is exact, the learning-rate schedule, and the shipped checkpoint."""
+
 import json
 from dataclasses import replace
 
@@ -6,14 +8,14 @@ import torch
 from safetensors.torch import load_file
 from x_transformers import Decoder, TransformerWrapper
 
+from conftest import tiny_config
 from xldemo import build_model, load_checkpoint
 from xldemo.checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT, WEIGHTS_FILE
 from xldemo.data import DEFAULT_CACHE, load_split, prepare
 from xldemo.teacher import bits_per_token
 from xldemo.train import TrainSettings, learning_rate, train
 
-TINY = {"num_tokens": 256, "max_seq_len": 32, "max_mem_len": 32, "use_abs_pos_emb": False,
-        "attn_layers": {"dim": 32, "depth": 2, "heads": 2, "rotary_pos_emb": True}}
+TINY = tiny_config(seq_len=32, mem_len=32)
 
 
 def settings(folder, **changes) -> TrainSettings:
