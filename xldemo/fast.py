@@ -107,15 +107,16 @@ def _same(a, b) -> bool:
 
 @dataclass(frozen=True)
 class Block:
-    """One attention layer and the feed-forward layer after it, as the tensors the fast path multiplies by."""
+    """One attention layer and the feed-forward layer after it, as the tensors the fast path multiplies by:
+    matrices as (in, out) views of x-transformers' weights, so that x @ w is the layer."""
     attn_norm: torch.Tensor  # (d,) LayerNorm gain, unit offset included
-    qkv: torch.Tensor  # (3 * h * dh, d): to_q, to_k and to_v stacked, so one matmul projects all three
-    out: torch.Tensor | None  # (d, h * dh); None where x-transformers projects nothing (one head)
+    qkv: torch.Tensor  # (d, 3 * h * dh): to_q, to_k and to_v side by side, so one matmul projects all three
+    out: torch.Tensor | None  # (h * dh, d); None where x-transformers projects nothing (one head)
     ff_norm: torch.Tensor  # (d,)
-    ff_in: torch.Tensor  # (f, d)
-    ff_in_bias: torch.Tensor | None  # (f,)
-    ff_out: torch.Tensor  # (d, f)
-    ff_out_bias: torch.Tensor | None  # (d,)
+    ff_in: torch.Tensor  # (d, f)
+    ff_in_bias: torch.Tensor  # (f,) zeros where the layer has none
+    ff_out: torch.Tensor  # (f, d)
+    ff_out_bias: torch.Tensor  # (d,)
 
 
 class FastDecoder:
@@ -170,27 +171,38 @@ class FastDecoder:
     @torch.inference_mode()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """Appends one token per row (b,) to the segment; returns its logits (b, v)."""
-        p = self.length
-        if p - self.memory_len >= self.seg_len:
+        if self.length - self.memory_len >= self.seg_len:
             raise XLDemoError(f"a segment holds at most {self.seg_len} tokens: start the next one")
+        # one token's matrix-vector products are too small to share out: on 2 cores, one thread steps ~15% faster
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._step(ids)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _step(self, ids: torch.Tensor) -> torch.Tensor:
+        p = self.length
         x = F.embedding(ids, self.embed)  # (b, d)
         if self.pos_embed is not None:
             x = x + self.pos_embed[p - self.memory_len]
         # this slot's views of every layer's buffers, taken once for all layers
-        hidden, raw_keys, slots = self.hidden[:, :, p], self.raw_keys[:, :, :, p], self.kv[:, :, :, :, p]
-        keys, values = self.kv[:, :, 0, :, :p + 1], self.kv[:, :, 1, :, :p + 1]  # (depth, b, h, p + 1, dh)
+        layers = zip(self.blocks, self.hidden[:, :, p].unbind(0), self.raw_keys[:, :, :, p].unbind(0),
+                     self.kv[:, :, :, :, p].unbind(0), self.kv[:, :, 0, :, :p + 1].unbind(0),
+                     self.kv[:, :, 1, :, :p + 1].unbind(0))  # keys, values (b, h, p + 1, dh)
         rotation = None if self.rotary is None else self.rotation[p]  # (r / 2,)
         q, k, kv, qk = self.step_views
-        for i, block in enumerate(self.blocks):
-            hidden[i].copy_(x)
-            torch.mm(F.layer_norm(x, x.shape[-1:], block.attn_norm), block.qkv.t(), out=self.step_qkv)
-            raw_keys[i].copy_(k)
+        for block, hidden, raw_keys, slot, keys, values in layers:
+            hidden.copy_(x)
+            torch.mm(F.layer_norm(x, x.shape[-1:], block.attn_norm), block.qkv, out=self.step_qkv)
+            raw_keys.copy_(k)
             if rotation is not None:
                 qk.mul_(rotation)
-            slots[i].copy_(kv)
-            out = F.scaled_dot_product_attention(q, keys[i], values[i]).flatten(1)  # (b, h * dh)
-            x = x + out if block.out is None else torch.addmm(x, out, block.out.t())
-            x = _feed_forward(x, block)
+            slot.copy_(kv)
+            out = F.scaled_dot_product_attention(q, keys, values).flatten(1)  # (b, h * dh)
+            x = x + out if block.out is None else torch.addmm(x, out, block.out)
+            h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
+            x = x + torch.addmm(block.ff_out_bias, F.gelu(torch.addmm(block.ff_in_bias, h, block.ff_in)), block.ff_out)
         self.length = p + 1
         return self._logits(x)
 
@@ -213,7 +225,7 @@ class FastDecoder:
         for i, block in enumerate(self.blocks):
             self.hidden[i, :, begin:end] = x
             h = F.layer_norm(x, x.shape[-1:], block.attn_norm)
-            q, k, v = F.linear(h, block.qkv).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+            q, k, v = (h @ block.qkv).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
             self.raw_keys[i, :, :, begin:end] = k  # (b, h, n, dh)
             if rotation is not None:
                 _rotate(q, rotation)
@@ -223,8 +235,9 @@ class FastDecoder:
             out = F.scaled_dot_product_attention(q, self.kv[i, :, 0, :, :end], self.kv[i, :, 1, :, :end],
                                                  attn_mask=None if n == 1 else mask)  # (b, h, n, dh)
             out = out.transpose(1, 2).flatten(2)  # (b, n, h * dh)
-            x = x + (out if block.out is None else F.linear(out, block.out))
-            x = _feed_forward(x, block)
+            x = x + (out if block.out is None else out @ block.out)
+            h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
+            x = x + (F.gelu(h @ block.ff_in + block.ff_in_bias) @ block.ff_out + block.ff_out_bias)
         self.length = end
         return self._logits(x[:, -1])
 
@@ -241,7 +254,7 @@ class FastDecoder:
         for i, (block, mem) in enumerate(zip(self.blocks, mems)):
             self.hidden[i, :, :m] = mem
             h = F.layer_norm(mem, mem.shape[-1:], block.attn_norm)
-            k, v = F.linear(h, block.qkv[kv_dim:]).view(b, m, 2, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+            k, v = (h @ block.qkv[:, kv_dim:]).view(b, m, 2, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
             self.raw_keys[i, :, :, :m] = k
             self.kv[i, :, 1, :, :m] = v
 
@@ -282,16 +295,14 @@ def _block(attn_layer, ff_layer) -> Block:
     (attn_norm, *_), attn, _ = attn_layer
     (ff_norm, *_), ff, _ = ff_layer
     ff_in, ff_out = ff.ff[0][0], ff.ff[-1]
-    weights = [attn.to_q.weight, attn.to_k.weight, attn.to_v.weight, ff_in.weight, ff_in.bias, ff_out.weight,
-               ff_out.bias, attn.to_out.weight if isinstance(attn.to_out, nn.Linear) else None]
-    q, k, v, *ff_weights, out = [None if w is None else w.detach() for w in weights]
-    return Block(_gain(attn_norm), torch.cat((q, k, v)), out, _gain(ff_norm), *ff_weights)
+    return Block(_gain(attn_norm), torch.cat((attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)).detach().t(),
+                 attn.to_out.weight.detach().t() if isinstance(attn.to_out, nn.Linear) else None,
+                 _gain(ff_norm), ff_in.weight.detach().t(), _bias(ff_in), ff_out.weight.detach().t(), _bias(ff_out))
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor:
+    return linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias.detach()
 
 
 def _gain(norm: LayerNorm) -> torch.Tensor:
     return norm.gamma.detach() + float(norm.unit_offset)
-
-
-def _feed_forward(x: torch.Tensor, block: Block) -> torch.Tensor:
-    h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
-    return x + F.linear(F.gelu(F.linear(h, block.ff_in, block.ff_in_bias)), block.ff_out, block.ff_out_bias)
