@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a Hub repo id must fail fast here, not reach out
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from test_render import labels, visible_text
 from xldemo import ui
 from xldemo.checkpoint import build_model, load_checkpoint, save_checkpoint
-from xldemo.engine import Finished, GenerationSettings, Token, generate
+from xldemo.engine import Finished, GenerationSettings, Token, WarmupProgress, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = {"num_tokens": 256, "max_seq_len": 16, "max_mem_len": 32,
@@ -56,9 +58,9 @@ def runs(monkeypatch):
     return watch_runs(monkeypatch)
 
 
-def watch_runs(monkeypatch, seconds_per_token: float = 0.0) -> dict:
+def watch_runs(monkeypatch, seconds_per_step: float = 0.0) -> dict:
     """Watches the app's engine runs: how many are live at once, and how each ended ("finished", or "closed"
-    before its end). seconds_per_token slows them down to a big model's pace."""
+    before its end). seconds_per_step slows each token and each warm-up segment to a big model's pace."""
     record = {"live": 0, "most_live": 0, "ended": [], "lock": threading.Lock()}
 
     def watched(*args, **kwargs):
@@ -73,8 +75,8 @@ def watch_runs(monkeypatch, seconds_per_token: float = 0.0) -> dict:
                 for event in events:
                     if isinstance(event, Finished):
                         how = "finished"
-                    elif isinstance(event, Token) and seconds_per_token:
-                        time.sleep(seconds_per_token)
+                    elif isinstance(event, (Token, WarmupProgress)):
+                        time.sleep(seconds_per_step)
                     yield event
             finally:
                 events.close()
@@ -122,6 +124,19 @@ def test_the_stream_arrives_in_growing_updates_with_segment_labels(client, folde
     assert "<b>24</b> tokens in memory per layer" in stats and "<b>5</b> seed" in stats
 
 
+def test_memory_warm_up_over_a_long_prompt_shows_progress(client, monkeypatch):
+    watch_runs(monkeypatch, seconds_per_step=0.01)
+    prompt = PROMPT * 25  # 125 segments
+    updates = list(client.submit(prompt, api_name="/generate", max_new_tokens=2, seed=1))
+    html = updates[0][0]
+    assert visible_text(html) == prompt and labels(html) == list(range(125))  # the prompt shows at once
+    progress = [stats for _, stats in updates if "warming up memory" in stats]
+    assert len(progress) >= 3 and 'role="progressbar"' in progress[0]
+    done = [int(re.search(r"<b>(\d+)</b> of <b>124</b>", stats).group(1)) for stats in progress]
+    assert done == sorted(done) and done[-1] > done[0]
+    assert "warm-up" in updates[-1][1]
+
+
 def test_defaults_apply_to_every_input_but_the_prompt(client, folder):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]
     assert api["parameters"][0]["parameter_name"] == "prompt"
@@ -150,7 +165,8 @@ def test_defaults_apply_to_every_input_but_the_prompt(client, folder):
     (PROMPT, {"stop": "x" * 65}, "at most 64 characters"),
     (PROMPT, {"checkpoint": "/etc"}, "Unknown checkpoint"),
     (PROMPT, {"checkpoint": "../../secrets"}, "Unknown checkpoint"),
-])
+    (PROMPT, {"checkpoint": "nobody/no-such-xl"}, "the Hugging Face Hub cannot provide it"),
+], ids=lambda value: value if isinstance(value, str) and len(value) < 40 else None)
 def test_bad_inputs_get_a_clear_error_and_the_server_keeps_serving(client, prompt, inputs, message):
     with pytest.raises(AppError, match=re.escape(message)):
         client.submit(prompt, api_name="/generate", **inputs).result(timeout=60)
@@ -167,7 +183,7 @@ def test_stop_strings_end_the_run(client, folder):
                                 temperature=1.0, top_p=1.0).result(timeout=60)
     assert generated_text(html) == engine_text(folder, PROMPT, max_new_tokens=80, seed=3, temperature=1.0,
                                                top_p=1.0, stop=(stop,))
-    assert stop in generated_text(html) and "<b>stop</b> stopped by" in stats
+    assert stop in generated_text(html) and "<b>stop string</b> found" in stats
 
 
 def test_cancelling_stops_the_engine_and_frees_the_slot(client, runs):
@@ -216,9 +232,11 @@ def test_memory_on_vs_off_runs_one_seed_with_and_without_memory(client, folder):
 
 
 def test_surprisal_colours_the_prompt_with_memory_and_without(client):
-    summary, on, off = client.submit(PROMPT, api_name="/surprisal").result(timeout=60)
+    summary, on, off, saved = client.submit(PROMPT, api_name="/surprisal").result(timeout=60)
     assert "bits/byte saved by memory" in summary and "saved after segment 0" in summary
-    assert visible_text(on) == visible_text(off) == PROMPT
+    assert visible_text(on) == visible_text(off) == visible_text(saved) == PROMPT
+    first_saved = re.split(r'data-segment="1"', saved)[0]
+    assert set(re.findall(r'class="(xl-d\w+)"', first_saved)) <= {"xl-dna", "xl-d2"}  # nothing saved, nothing lost
     assert labels(on) == list(range(5))
     first = re.split(r'data-segment="1"', on)[0]
     assert first == re.split(r'data-segment="1"', off)[0]  # segment 0 has no memory either way

@@ -33,7 +33,7 @@ def browser():
 @pytest.fixture
 def runs(monkeypatch):
     """The app's engine runs, at a pace where a person could press Stop mid-run: 200 tokens/s."""
-    return watch_runs(monkeypatch, seconds_per_token=0.005)
+    return watch_runs(monkeypatch, seconds_per_step=0.005)
 
 
 def open_page(browser, url, width, height, hosts):  # noqa: F811
@@ -105,7 +105,7 @@ def test_generate_streams_labelled_segments_and_stop_stops(browser, url, runs): 
     expect(page.locator("#surprisal-off .xl-label").first).to_be_attached()
     max_tokens.fill("80")
     max_tokens.press("Enter")
-    page.get_by_role("tab", name="Memory on vs off").click()
+    page.get_by_role("tab", name="Memory on/off").click()
     page.locator("#compare").click()
     expect(page.locator("#compare-stats")).to_contain_text("memory tokens with memory on", timeout=60_000)
     assert labels_count(page, "#memory-on") == labels_count(page, "#memory-off") > first

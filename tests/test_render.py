@@ -68,11 +68,20 @@ def test_surprisal_colours_each_byte_and_merges_runs():
     bits = [0.1, 0.2, 5.0, 9.0, 9.5]  # for b..f
     pieces = render.byte_pieces(ids, bits, 4, ByteTokenizer().stream_decoder())
     assert pieces == [("a", None, 0), ("b", 0.1, 0), ("c", 0.2, 0), ("d", 5.0, 0), ("e", 9.0, 1), ("f", 9.5, 1)]
-    html = render.surprisal_html(pieces)
+    html = render.coloured_html(pieces, render.SURPRISAL)
     assert labels(html) == [0, 1]
     assert '<span class="xl-bna">a</span><span class="xl-b0">bc</span><span class="xl-b5">d</span>' in html
     assert '<span class="xl-b7">ef</span>' in html
     assert visible_text(html) == "abcdef"
+
+
+def test_scales_put_values_in_levels_and_explain_them_in_a_legend():
+    assert [render.SAVING.level(v) for v in (-3, -1, -0.5, 0, 0.5, 1.5, 3, 9)] == [0, 0, 1, 2, 3, 4, 5, 6]
+    legend = render.SURPRISAL.legend()
+    assert legend.count("<span") == len(render.SURPRISAL.bounds) + 1
+    assert "≤ 0.5" in legend and "&gt; 8" in legend and "bits per byte" in legend
+    for i in range(len(render.SAVING.bounds) + 1):  # every level has a colour
+        assert f".xl-d{i} " in render.CSS
 
 
 def test_surprisal_of_a_multibyte_character_is_the_mean_of_its_bytes():
@@ -99,7 +108,8 @@ def test_stats_line_escapes_and_shows_rates():
     html = render.stats_line(render.generation_stats(Finished, Started))
     for chip in ("<b>4</b> new tokens", "<b>3</b> segments", "<b>16</b> tokens in memory per layer",
                  "<b>0.50 s</b> memory warm-up",
-                 "<b>0.75 s</b> to first token", "<b>123.5</b> tokens/s", "<b>7</b> seed"):
+                 "<b>0.75 s</b> to first token", "<b>123.5</b> tokens/s", "<b>7</b> seed",
+                 "<b>max new tokens</b> reached"):
         assert chip in html
     Finished.decode_tokens_per_s = math.nan
     assert "<b>–</b> tokens/s" in render.stats_line(render.generation_stats(Finished, Started))

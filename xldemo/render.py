@@ -2,10 +2,7 @@
 
 import html
 import math
-
-# upper bounds, in bits per byte, of the surprisal colour levels; a byte above the last is in the top level
-BIT_LEVELS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
-
+from dataclasses import dataclass
 
 def escape(text: str) -> str:
     """HTML-escaped text; $, { and } become entities too, so gr.HTML's template pass leaves them literal."""
@@ -102,7 +99,7 @@ def is_live(line: str | None) -> bool:
     return bool(line) and line.startswith('<div class="xl-stats xl-live"')
 
 
-def generation_stats(finished, started, stopped_by: str = "") -> list[tuple[str, str]]:
+def generation_stats(finished, started) -> list[tuple[str, str]]:
     """The stats chips of a finished run: engine Finished and Started events."""
     return [(f"{len(finished.token_ids[0])}", "new tokens"),
             (f"{finished.segments}", "segments"),
@@ -111,7 +108,10 @@ def generation_stats(finished, started, stopped_by: str = "") -> list[tuple[str,
             (f"{finished.time_to_first_token_s:.2f} s", "to first token"),
             (_rate(finished.decode_tokens_per_s), "tokens/s"),
             (f"{started.seed}", "seed"),
-            (stopped_by or finished.reason, "stopped by")]
+            REASONS.get(finished.reason, (finished.reason, "ended the run"))]
+
+
+REASONS = {"length": ("max new tokens", "reached"), "stop": ("stop string", "found"), "eos": ("end of text", "reached")}
 
 
 def byte_pieces(ids: list[int], bits: list[float], seg_len: int, decoder) -> list[tuple[str, float | None, int]]:
@@ -130,32 +130,45 @@ def byte_pieces(ids: list[int], bits: list[float], seg_len: int, decoder) -> lis
     return pieces
 
 
-def surprisal_html(pieces: list[tuple[str, float | None, int]]) -> str:
-    """The text with each piece's background as dark as its surprisal; runs of one level share a span."""
+@dataclass(frozen=True)
+class Scale:
+    """Colour levels for a per-byte number: level i holds values up to bounds[i] (the last, everything above);
+    its CSS class is prefix + i."""
+    prefix: str
+    bounds: tuple[float, ...]
+    title: str
+
+    def level(self, value: float) -> int:
+        return next((i for i, bound in enumerate(self.bounds) if value <= bound), len(self.bounds))
+
+    def legend(self) -> str:
+        cells = [f"≤ {_number(self.bounds[0])}"]
+        cells += [f"{_number(low)} to {_number(high)}" for low, high in zip(self.bounds, self.bounds[1:])]
+        cells.append(f"&gt; {_number(self.bounds[-1])}")
+        spans = "".join(f'<span class="{self.prefix}{i}">{cell}</span>' for i, cell in enumerate(cells))
+        return f'<div class="xl-legend">{escape(self.title)}: {spans}</div>'
+
+
+SURPRISAL = Scale("xl-b", (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0), "bits per byte")
+SAVING = Scale("xl-d", (-1.0, -0.25, 0.25, 1.0, 2.0, 4.0), "bits saved by memory")
+
+
+def coloured_html(pieces: list[tuple[str, float | None, int]], scale: Scale) -> str:
+    """The text with each piece's background showing its level on scale; runs of one level share a span, and
+    each segment opens with its label."""
     out, run, style, segment = [], [], None, -1
-    for text, bits, seg in pieces:
+    for text, value, seg in pieces:
         if seg != segment:
             out.append(_run_html(run, style))
             run, style, segment = [], None, seg
             out.append(f'<span class="xl-label xl-s{seg % 2}" data-segment="{seg}">segment {seg}</span>')
-        level = "na" if bits is None else str(surprisal_level(bits))
+        level = f"{scale.prefix}na" if value is None else f"{scale.prefix}{scale.level(value)}"
         if level != style:
             out.append(_run_html(run, style))
             run, style = [], level
         run.append(text)
     out.append(_run_html(run, style))
     return "".join(out)
-
-
-def surprisal_level(bits: float) -> int:
-    return next((i for i, bound in enumerate(BIT_LEVELS) if bits <= bound), len(BIT_LEVELS))
-
-
-def surprisal_legend() -> str:
-    bounds = ["0", *(f"{b:g}" for b in BIT_LEVELS), "more"]
-    cells = "".join(f'<span class="xl-b{i}">{bounds[i]}–{bounds[i + 1]}</span>' for i in range(len(BIT_LEVELS)))
-    cells += f'<span class="xl-b{len(BIT_LEVELS)}">&gt; {bounds[-2]}</span>'
-    return f'<div class="xl-legend">bits per byte: {cells}</div>'
 
 
 def surprisal_summary(bits_on: list[float], bits_off: list[float], seg_len: int, scored_bytes: int,
@@ -178,7 +191,11 @@ def surprisal_summary(bits_on: list[float], bits_off: list[float], seg_len: int,
 
 
 def _run_html(run: list[str], style: str | None) -> str:
-    return f'<span class="xl-b{style}">{escape("".join(run))}</span>' if run else ""
+    return f'<span class="{style}">{escape("".join(run))}</span>' if run else ""
+
+
+def _number(value: float) -> str:
+    return f"{value:g}".replace("-", "−")  # a typographic minus
 
 
 def _note(text: str) -> str:
@@ -192,7 +209,7 @@ def _rate(per_s: float) -> str:
 # styles for everything above, scoped to each gr.HTML by its css_template; theme variables keep dark mode readable
 CSS = """
 .xl-view { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 0.9rem;
-  line-height: 1.65; color: var(--body-text-color); min-height: 8rem; }
+  line-height: 1.65; color: var(--body-text-color); min-height: 8rem; max-height: 36rem; overflow-y: auto; }
 .xl-view:empty::before { content: attr(data-empty); color: var(--body-text-color-subdued); font-family: var(--font); }
 .xl-s0 { background: rgba(59, 130, 246, 0.10); }
 .xl-s1 { background: rgba(245, 158, 11, 0.13); }
@@ -219,7 +236,7 @@ CSS = """
 .xl-legend { display: flex; flex-wrap: wrap; gap: 0.25rem; align-items: center; font-size: 0.78rem;
   color: var(--body-text-color-subdued); margin: 0.25rem 0; }
 .xl-legend span { padding: 0 0.4rem; border-radius: 4px; color: var(--body-text-color); }
-.xl-bna { color: var(--body-text-color-subdued); }
+.xl-bna, .xl-dna { color: var(--body-text-color-subdued); }
 .xl-b0 { background: rgba(239, 68, 68, 0.00); }
 .xl-b1 { background: rgba(239, 68, 68, 0.08); }
 .xl-b2 { background: rgba(239, 68, 68, 0.16); }
@@ -228,4 +245,11 @@ CSS = """
 .xl-b5 { background: rgba(239, 68, 68, 0.52); }
 .xl-b6 { background: rgba(239, 68, 68, 0.68); }
 .xl-b7 { background: rgba(220, 38, 38, 0.85); color: #fff; }
+.xl-d0 { background: rgba(239, 68, 68, 0.45); }
+.xl-d1 { background: rgba(239, 68, 68, 0.18); }
+.xl-d2 { background: transparent; }
+.xl-d3 { background: rgba(16, 185, 129, 0.16); }
+.xl-d4 { background: rgba(16, 185, 129, 0.32); }
+.xl-d5 { background: rgba(16, 185, 129, 0.52); }
+.xl-d6 { background: rgba(5, 150, 105, 0.8); color: #fff; }
 """

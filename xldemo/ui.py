@@ -12,7 +12,7 @@ import random  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections import OrderedDict  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -34,7 +34,10 @@ SURPRISAL_BYTES = 8 * 1024
 PROMPT_SHOWN_BYTES = 32 * 1024  # earlier prompt segments are folded into one line of the view
 UPDATE_EVERY_S = 0.08  # at most this often a streamed update, besides the first token, boundaries and the end
 CACHE_SIZE = 2  # checkpoints held in memory
-LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": gr.themes.Soft(primary_hue="blue", neutral_hue="slate")}
+THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate").set(
+    button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+    button_primary_text_color="white")
+LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": THEME}
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Slider:
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or (whole and value != int(value)) or not self.minimum <= value <= self.maximum):
             kind = "a whole number" if whole else "a number"
-            raise gr.Error(f"{name} must be {kind} from {self.minimum:g} to {self.maximum:g}, got {value!r}")
+            raise UserError(f"{name} must be {kind} from {self.minimum:g} to {self.maximum:g}, got {value!r}")
         return int(value) if whole else float(value)
 
 
@@ -69,6 +72,11 @@ SAMPLING = {
 }
 WHOLE = {"max_new_tokens", "top_k"}
 DEFAULT_MEM_LEN = 256  # the memory slider's range when the default checkpoint cannot be read at start
+
+
+def UserError(message: str) -> gr.Error:  # noqa: N802  (raised like the exception class it returns)
+    """A bad input, told to the user; not a server fault, so no traceback in the log."""
+    return gr.Error(message, print_exception=False)
 
 
 # checkpoints: shipped folders, the configured default, or Hub repo ids; loaded once, shared read-only
@@ -91,7 +99,7 @@ def checkpoint_source(name, default: str) -> str:
     """Where to load a checkpoint named in the UI from: a shipped name, the configured default, or a Hub repo
     id. Other local paths are refused: a client must not make the server read arbitrary folders."""
     if not isinstance(name, str) or not name.strip():
-        raise gr.Error("Choose a checkpoint: a shipped one, or a Hugging Face Hub repo id (owner/name).")
+        raise UserError("Choose a checkpoint: a shipped one, or a Hugging Face Hub repo id (owner/name).")
     name = name.strip()
     if name in shipped_checkpoints():
         return str(SHIPPED / name)
@@ -99,7 +107,7 @@ def checkpoint_source(name, default: str) -> str:
         return name
     if REPO_ID.match(name) and ".." not in name and not Path(name).expanduser().exists():
         return name
-    raise gr.Error(f"Unknown checkpoint {name!r}: choose a shipped one ({', '.join(shipped_checkpoints()) or 'none'}) "
+    raise UserError(f"Unknown checkpoint {name!r}: choose a shipped one ({', '.join(shipped_checkpoints()) or 'none'}) "
                    f"or type a Hugging Face Hub repo id (owner/name).")
 
 
@@ -144,12 +152,12 @@ def check_prompt(prompt) -> str:
     if prompt is None:
         prompt = ""
     if not isinstance(prompt, str):
-        raise gr.Error(f"The prompt must be text, got {type(prompt).__name__}.")
+        raise UserError(f"The prompt must be text, got {type(prompt).__name__}.")
     if not prompt.strip():
-        raise gr.Error("The prompt is empty: type some text, pick an example, or load a .txt file.")
+        raise UserError("The prompt is empty: type some text, pick an example, or load a .txt file.")
     size = len(prompt.encode("utf-8", errors="surrogatepass"))
     if size > MAX_PROMPT_BYTES:
-        raise gr.Error(f"The prompt is {size:,} bytes; the limit is {MAX_PROMPT_BYTES:,} bytes (256 KB).")
+        raise UserError(f"The prompt is {size:,} bytes; the limit is {MAX_PROMPT_BYTES:,} bytes (256 KB).")
     return prompt
 
 
@@ -158,12 +166,12 @@ def parse_stop(stop) -> tuple[str, ...]:
     if stop is None:
         return ()
     if not isinstance(stop, str):
-        raise gr.Error("Stop strings must be text: one per line.")
+        raise UserError("Stop strings must be text: one per line.")
     strings = tuple(_unescape(line) for line in stop.split("\n") if line)
     if len(strings) > MAX_STOP_STRINGS:
-        raise gr.Error(f"At most {MAX_STOP_STRINGS} stop strings, got {len(strings)}.")
+        raise UserError(f"At most {MAX_STOP_STRINGS} stop strings, got {len(strings)}.")
     if any(len(s) > MAX_STOP_CHARS for s in strings):
-        raise gr.Error(f"A stop string may have at most {MAX_STOP_CHARS} characters.")
+        raise UserError(f"A stop string may have at most {MAX_STOP_CHARS} characters.")
     return strings
 
 
@@ -182,7 +190,7 @@ def check_seed(seed) -> int:
     """The seed to use: -1 draws one, so the stats line can show it and a rerun can repeat it."""
     if (isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed)
             or seed != int(seed) or not -1 <= seed <= MAX_SEED):
-        raise gr.Error(f"Seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one; got {seed!r}.")
+        raise UserError(f"Seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one; got {seed!r}.")
     return random.SystemRandom().randrange(2**31) if seed == -1 else int(seed)
 
 
@@ -190,7 +198,7 @@ def check_mem_len(mem_len, checkpoint: Checkpoint) -> int:
     limit = checkpoint.max_mem_len
     if (isinstance(mem_len, bool) or not isinstance(mem_len, (int, float)) or not math.isfinite(mem_len)
             or mem_len != int(mem_len) or not 0 <= mem_len <= limit):
-        raise gr.Error(f"Memory length must be a whole number from 0 (off) to {limit} for this checkpoint, "
+        raise UserError(f"Memory length must be a whole number from 0 (off) to {limit} for this checkpoint, "
                        f"got {mem_len!r}.")
     return int(mem_len)
 
@@ -205,7 +213,7 @@ def settings_from_inputs(checkpoint: Checkpoint, max_new_tokens, temperature, to
         return GenerationSettings(**checked, seed=check_seed(seed), stop=parse_stop(stop),
                                   mem_len=check_mem_len(mem_len, checkpoint))
     except XLDemoError as e:
-        raise gr.Error(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 # one engine run, seen as HTML
@@ -214,17 +222,21 @@ class Run:
     """An engine run and its view: the prompt and generated text by segment, and a status line."""
 
     def __init__(self, checkpoint: Checkpoint, ids: list[int], settings: GenerationSettings, live_rate: bool = True):
-        self.checkpoint, self.ids, self.live_rate = checkpoint, ids, live_rate
-        self.events = generate(checkpoint, ids, settings)
+        self.live_rate = live_rate
+        # the prompt's view is built before the engine starts, so its clock does not count it
+        segments = render.split_segments(ids, checkpoint.max_seq_len, checkpoint.tokenizer.stream_decoder())
         self.view = render.SegmentedText()
+        render.add_prompt(self.view, segments, PROMPT_SHOWN_BYTES)
+        self.segment = len(segments) - 1
+        self.events = generate(checkpoint, ids, settings)
         self.started: Started | None = None
         self.finished: Finished | None = None
         self.warmup = (0, 0)
-        self.tokens, self.segment, self.first_token_at = 0, 0, None
+        self.tokens, self.first_token_at = 0, None
         self.new_segment = False  # a generated segment opened since the last update
 
-    def step(self) -> Token | Finished | None:
-        """Runs the engine to its next token or its end; None once it has ended."""
+    def step(self) -> Started | WarmupProgress | Token | Finished | None:
+        """Runs the engine to its next event worth showing; None once it has ended."""
         for event in self.events:
             if isinstance(event, Token):
                 if self.first_token_at is None:
@@ -232,25 +244,29 @@ class Run:
                 self.tokens += 1
                 self.view.add(event.segment, "generated", event.text)
                 return event
+            if isinstance(event, SegmentStarted):
+                if event.source == "generated":
+                    self.view.open_segment(event.index)
+                    self.segment, self.new_segment = event.index, True
+                continue
             if isinstance(event, Started):
                 self.started = event
-                segments = render.split_segments(self.ids, event.segment_len,
-                                                 self.checkpoint.tokenizer.stream_decoder())
-                render.add_prompt(self.view, segments, PROMPT_SHOWN_BYTES)
-                self.segment = len(segments) - 1
             elif isinstance(event, WarmupProgress):
                 self.warmup = (event.done, event.total)
-            elif isinstance(event, SegmentStarted) and event.source == "generated":
-                self.view.open_segment(event.index)
-                self.segment, self.new_segment = event.index, True
             elif isinstance(event, Finished):
                 self.finished = event
-                return event
+            return event
         return None
 
-    def status(self, stopped_by: str = "") -> str:
+    def due_now(self, event) -> bool:
+        """Whether an update should go out whatever the throttle says: the prompt at the start, the first
+        token, a new segment, the end."""
+        return (isinstance(event, (Started, Finished)) or (isinstance(event, Token) and self.tokens == 1)
+                or self.new_segment)
+
+    def status(self) -> str:
         if self.finished:
-            chips = render.generation_stats(self.finished, self.started, stopped_by)
+            chips = render.generation_stats(self.finished, self.started)
             if not self.live_rate:  # interleaved runs share the clock, so their rates say little
                 chips = [c for c in chips if c[1] not in ("tokens/s", "to first token")]
             return render.stats_line(chips)
@@ -259,7 +275,7 @@ class Run:
             if total:
                 return render.progress_line("warming up memory: prompt segment", done, total)
             return render.live_line([], "reading the prompt…")
-        chips = [(f"{self.tokens}", "tokens"), (f"{self.segment}", "segment")]
+        chips = [(f"{self.tokens}", "new tokens"), (f"segment {self.segment}", "")]
         elapsed = time.perf_counter() - self.first_token_at
         if self.live_rate and self.tokens > 1 and elapsed > 0:
             chips.append((f"{(self.tokens - 1) / elapsed:.1f}", "tokens/s"))
@@ -293,7 +309,7 @@ class App:
         try:
             return cached_checkpoint(checkpoint_source(name, self.default_checkpoint))
         except XLDemoError as e:
-            raise gr.Error(str(e)) from None
+            raise UserError(str(e)) from None
 
     def prepare(self, prompt, checkpoint, mem_len, **inputs) -> tuple[Checkpoint, list[int], GenerationSettings]:
         """mem_len None is the checkpoint's own."""
@@ -314,12 +330,11 @@ class App:
         run, throttle = Run(model, ids, settings), Throttle()
         try:
             while event := run.step():
-                first = isinstance(event, Token) and run.tokens == 1
-                if throttle.due(force=first or run.new_segment or isinstance(event, Finished)):
+                if throttle.due(force=run.due_now(event)):
                     run.new_segment = False
                     yield run.view.html(), run.status()
         except XLDemoError as e:
-            raise gr.Error(str(e)) from None
+            raise UserError(str(e)) from None
         finally:
             run.close()
 
@@ -334,17 +349,19 @@ class App:
             prompt, checkpoint, None if mem_len == 0 else mem_len, max_new_tokens=max_new_tokens,
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
             seed=seed, stop=stop)
-        off = GenerationSettings(**{**on.__dict__, "mem_len": 0})
+        off = replace(on, mem_len=0)
         runs, throttle = [Run(model, ids, on, live_rate=False), Run(model, ids, off, live_rate=False)], Throttle()
         try:
             alive = [True, True]
             while any(alive):
-                for i, run in enumerate(runs):
-                    alive[i] = alive[i] and run.step() is not None
-                if throttle.due(force=not any(alive)):
+                events = [run.step() if alive[i] else None for i, run in enumerate(runs)]
+                alive = [event is not None for event in events]
+                if throttle.due(force=any(run.due_now(e) for run, e in zip(runs, events) if e) or not any(alive)):
+                    for run in runs:
+                        run.new_segment = False
                     yield runs[0].view.html(), runs[1].view.html(), self._compare_status(runs, on)
         except XLDemoError as e:
-            raise gr.Error(str(e)) from None
+            raise UserError(str(e)) from None
         finally:
             for run in runs:
                 run.close()
@@ -357,25 +374,31 @@ class App:
             return render.stats_line([(f"{on.finished.segments}", "segments"),
                                       (f"{on.finished.memory_tokens}", "memory tokens with memory on"),
                                       (f"{off.finished.memory_tokens}", "off")], note)
+        if on.first_token_at is None:
+            return on.status()  # reading the prompt, warming memory up
         return render.live_line([(f"{on.tokens}", "tokens each")], note)
 
     def surprisal(self, prompt, checkpoint=None):
-        """Streams (summary HTML, memory-on HTML, memory-off HTML): the prompt's bytes coloured by their bits."""
+        """Streams (summary HTML, memory-on HTML, memory-off HTML, bits-saved HTML): the prompt's bytes coloured
+        by the bits the model spends on them, with memory and without, and by the difference."""
         prompt = check_prompt(prompt)
         model = self.load(checkpoint or self.default_checkpoint)
         all_ids = model.tokenizer.encode(prompt)
         ids = all_ids[:SURPRISAL_BYTES]
         if len(ids) < 2:
-            raise gr.Error("The prompt needs at least two bytes to score.")
-        yield render.live_line([], f"scoring {len(ids):,} bytes with memory…"), "", ""
+            raise UserError("The prompt needs at least two bytes to score.")
+        yield render.live_line([], f"scoring {len(ids):,} bytes with memory…"), "", "", ""
         bits_on = surprisal_bits(model, ids, memory=True)
-        yield render.live_line([], f"scoring {len(ids):,} bytes without memory…"), "", ""
+        yield render.live_line([], f"scoring {len(ids):,} bytes without memory…"), "", "", ""
         bits_off = surprisal_bits(model, ids, memory=False)
         seg_len = model.max_seq_len
-        views = [render.surprisal_html(render.byte_pieces(ids, bits, seg_len, model.tokenizer.stream_decoder()))
-                 for bits in (bits_on, bits_off)]
+        saved = [off - on for on, off in zip(bits_on, bits_off)]
+        views = [render.coloured_html(render.byte_pieces(ids, values, seg_len, model.tokenizer.stream_decoder()),
+                                      scale)
+                 for values, scale in ((bits_on, render.SURPRISAL), (bits_off, render.SURPRISAL),
+                                       (saved, render.SAVING))]
         summary = render.surprisal_summary(bits_on, bits_off, seg_len, len(ids), len(all_ids))
-        yield summary + render.surprisal_legend(), *views
+        yield summary + render.SURPRISAL.legend() + render.SAVING.legend(), *views
 
     def info(self, checkpoint):
         """(model info HTML, memory slider update) for the chosen checkpoint."""
@@ -392,11 +415,11 @@ def read_upload(path) -> str:
         return gr.update()
     size = os.path.getsize(path)
     if size > MAX_UPLOAD_BYTES:
-        raise gr.Error(f"The file is {size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,} bytes (256 KB).")
+        raise UserError(f"The file is {size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,} bytes (256 KB).")
     try:
         return Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise gr.Error("The file is not UTF-8 text.") from None
+        raise UserError("The file is not UTF-8 text.") from None
 
 
 # the page
@@ -424,9 +447,10 @@ into memory, one segment at a time (the **warm-up**), and then generation contin
 Labels such as <span style="white-space:nowrap">`segment 3`</span> open each segment; prompt text is grey, generated
 text is bold and underlined. Set memory length to 0 to turn memory off.
 
-**Memory on vs off** runs the model twice with the same seed, with and without memory.
+**Memory on/off** runs the model twice with the same seed, with and without memory.
 **Surprisal** colours each byte of the prompt (its first {SURPRISAL_BYTES // 1024} KB) by how many bits the model
-spent on it, with memory and without: segment 0 is identical in both, the later segments show what memory buys.
+spent on it, with memory and without, and by the difference: segment 0 is the same either way (there is nothing to
+remember yet); in the later segments, green marks what memory buys, such as names from a cast list.
 
 Limits: prompts up to {MAX_PROMPT_BYTES // 1024} KB, up to {SAMPLING['max_new_tokens'].maximum} new tokens,
 {MAX_STOP_STRINGS} stop strings of up to {MAX_STOP_CHARS} characters; surprisal scores the first
@@ -447,11 +471,30 @@ def _html(value: str = "", **kwargs) -> gr.HTML:
     return gr.HTML(value, css_template=render.CSS, **kwargs)
 
 
-def _text_view(empty: str, elem_id: str) -> gr.HTML:
-    """A scrolling box for segmented text that follows its end as it grows; shows `empty` until it has text."""
+# keeps a text view scrolled to its end as it grows, unless the reader has scrolled up; a new run follows again
+FOLLOW_END = """
+let follow = true, shown = 0;
+element.addEventListener('scroll', (event) => {
+  const view = event.target;
+  if (view.classList && view.classList.contains('xl-view'))
+    follow = view.scrollTop + view.clientHeight >= view.scrollHeight - 48;
+}, true);
+watch('value', () => {
+  const length = (props.value || '').length;
+  if (length < shown) follow = true;
+  shown = length;
+  const view = element.querySelector('.xl-view');
+  if (view && follow) view.scrollTop = view.scrollHeight;
+});
+"""
+
+
+def _text_view(empty: str, elem_id: str, follow: bool = True) -> gr.HTML:
+    """A scrolling box for segmented text, following its end as it grows if follow; shows `empty` until it
+    has text."""
     return gr.HTML("", html_template=f'<div class="xl-view" data-empty="{render.escape(empty)}">${{value}}</div>',
-                   css_template=render.CSS, elem_id=elem_id, container=True, padding=True, max_height=560,
-                   autoscroll=True)
+                   css_template=render.CSS, js_on_load=FOLLOW_END if follow else None, elem_id=elem_id,
+                   container=True, padding=True)
 
 
 def build_demo(default_checkpoint: str | None = None, concurrency: int | None = None) -> gr.Blocks:
@@ -505,7 +548,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                         stats = _html(render.message_line("Press Generate to stream text segment by segment."),
                                       elem_id="stats")
                         stream = _text_view("Generated text appears here, segment by segment.", "stream")
-                    with gr.Tab("Memory on vs off", id="compare"):
+                    with gr.Tab("Memory on/off", id="compare"):
                         with gr.Row():
                             compare_button = gr.Button("Compare", variant="primary", elem_id="compare",
                                                        min_width=100)
@@ -530,10 +573,16 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                         with gr.Row():
                             with gr.Column(min_width=260):
                                 gr.Markdown("**With memory**")
-                                surprisal_on = _text_view("Bits per byte, with memory.", "surprisal-on")
+                                surprisal_on = _text_view("Bits per byte, with memory.", "surprisal-on",
+                                                          follow=False)
                             with gr.Column(min_width=260):
                                 gr.Markdown("**Without memory**")
-                                surprisal_off = _text_view("Bits per byte, without memory.", "surprisal-off")
+                                surprisal_off = _text_view("Bits per byte, without memory.", "surprisal-off",
+                                                           follow=False)
+                        gr.Markdown("**What memory buys**: bits saved per byte; green where memory made a byte "
+                                    "easier to predict, red where harder")
+                        surprisal_saved = _text_view("Bits saved by memory, per byte.", "surprisal-saved",
+                                                     follow=False)
         gr.Markdown(ABOUT, elem_classes="xl-about")
 
         inputs = [prompt, *sliders.values(), seed, stop, mem_len, checkpoint]
@@ -544,7 +593,8 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
         comparing = compare_button.click(app.compare, inputs, [memory_on, memory_off, compare_stats],
                                          api_name="compare", concurrency_limit=concurrency, concurrency_id="model",
                                          show_progress="hidden", preprocess=False)
-        scoring = score_button.click(app.surprisal, [prompt, checkpoint], [summary, surprisal_on, surprisal_off],
+        scoring = score_button.click(app.surprisal, [prompt, checkpoint],
+                                     [summary, surprisal_on, surprisal_off, surprisal_saved],
                                      api_name="surprisal", concurrency_limit=concurrency, concurrency_id="model",
                                      show_progress="hidden", preprocess=False)
         for button, event, status in ((stop_button, generating, stats), (compare_stop, comparing, compare_stats),
