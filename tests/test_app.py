@@ -261,6 +261,8 @@ def test_only_shipped_checkpoints_the_default_and_hub_ids_are_accepted(folder):
     default = str(folder)
     assert ui.checkpoint_source(default, default) == default
     assert ui.checkpoint_source("someone/some-xl", default) == "someone/some-xl"
+    shipped = ui.DEFAULT_CHECKPOINT.name  # named by its folder, present or not
+    assert ui.checkpoint_source(shipped, shipped) == str(ui.DEFAULT_CHECKPOINT)
     for name in ("/etc", "tests", "../x/y", "", None, 3):
         with pytest.raises(Exception, match="checkpoint"):
             ui.checkpoint_source(name, default)

@@ -113,9 +113,13 @@ def test_generate_streams_labelled_segments_and_stop_stops(browser, url, runs): 
     assert {u.hostname for u in requests if u.scheme in ("http", "https", "ws", "wss")} <= LOOPBACK
 
 
-def test_the_page_fits_a_phone(browser, url):  # noqa: F811
+def test_the_page_fits_a_phone(browser, url, tmp_path):  # noqa: F811
     requests = []
     page = open_page(browser, url, 390, 844, requests)
+    text = tmp_path / "scene.txt"
+    text.write_text("MIRANDA.\nIf by your art, my dearest father, you have\n", encoding="utf-8")
+    page.locator("input[type=file]").set_input_files(str(text))  # the Load a .txt file button
+    expect(page.locator("#prompt textarea")).to_have_value(text.read_text(), timeout=15_000)
     page.get_by_role("button", name="The Tempest: cast list, then the storm").click()
     expect(page.locator("#prompt textarea")).to_have_value(re.compile("^THE TEMPEST"))
     page.locator("#generate").click()

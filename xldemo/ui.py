@@ -37,7 +37,8 @@ CACHE_SIZE = 2  # checkpoints held in memory
 THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate").set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white")
-LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": THEME}
+# ssr_mode off: Spaces would otherwise render on a Node server, a different page from the one tested here
+LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": THEME, "ssr_mode": False}
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ def checkpoint_source(name, default: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise UserError("Choose a checkpoint: a shipped one, or a Hugging Face Hub repo id (owner/name).")
     name = name.strip()
-    if name in shipped_checkpoints():
-        return str(SHIPPED / name)
+    if name in shipped_checkpoints() or name == default == DEFAULT_CHECKPOINT.name:
+        return str(SHIPPED / name)  # the default's full path makes a clearer error while it is missing
     if name == default:
         return name
     if REPO_ID.match(name) and ".." not in name and not Path(name).expanduser().exists():
