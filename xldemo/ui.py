@@ -528,7 +528,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                     with gr.Row():
                         sliders = {name: spec.component(name) for name, spec in SAMPLING.items()}
                     with gr.Row():
-                        seed = gr.Number(-1, label="Seed", precision=0, minimum=-1, maximum=MAX_SEED,
+                        seed = gr.Number(-1, label="Seed", precision=0, elem_id="seed", minimum=-1, maximum=MAX_SEED,
                                          info="-1 draws one; the stats line shows it")
                         stop = gr.Textbox("", label="Stop strings", lines=1, max_lines=4,
                                           info="one per line; \\n stands for a newline")
