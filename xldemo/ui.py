@@ -41,6 +41,13 @@ THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate").set(
 LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": THEME, "ssr_mode": False}
 
 
+class UserError(gr.Error):
+    """A bad input, told to the user: not a server fault, so no traceback in the log."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_exception=False)
+
+
 @dataclass(frozen=True)
 class Slider:
     label: str
@@ -75,11 +82,6 @@ WHOLE = {"max_new_tokens", "top_k"}
 DEFAULT_MEM_LEN = 256  # the memory slider's range when the default checkpoint cannot be read at start
 
 
-def UserError(message: str) -> gr.Error:  # noqa: N802  (raised like the exception class it returns)
-    """A bad input, told to the user; not a server fault, so no traceback in the log."""
-    return gr.Error(message, print_exception=False)
-
-
 # checkpoints: shipped folders, the configured default, or Hub repo ids; loaded once, shared read-only
 
 _cache: OrderedDict[str, Checkpoint] = OrderedDict()
@@ -108,8 +110,9 @@ def checkpoint_source(name, default: str) -> str:
         return name
     if REPO_ID.match(name) and ".." not in name and not Path(name).expanduser().exists():
         return name
-    raise UserError(f"Unknown checkpoint {name!r}: choose a shipped one ({', '.join(shipped_checkpoints()) or 'none'}) "
-                   f"or type a Hugging Face Hub repo id (owner/name).")
+    shipped = ", ".join(shipped_checkpoints()) or "none"
+    raise UserError(f"Unknown checkpoint {name!r}: choose a shipped one ({shipped}) or type a Hugging Face Hub "
+                    f"repo id (owner/name).")
 
 
 def cached_checkpoint(source: str) -> Checkpoint:
@@ -188,7 +191,8 @@ def _unescape(line: str) -> str:
 
 
 def check_seed(seed) -> int:
-    """The seed to use: -1 draws one, so the stats line can show it and a rerun can repeat it."""
+    """The seed to use: -1 (or none) draws one, so the stats line can show it and a rerun can repeat it."""
+    seed = -1 if seed is None else seed
     if (isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed)
             or seed != int(seed) or not -1 <= seed <= MAX_SEED):
         raise UserError(f"Seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one; got {seed!r}.")
@@ -200,7 +204,7 @@ def check_mem_len(mem_len, checkpoint: Checkpoint) -> int:
     if (isinstance(mem_len, bool) or not isinstance(mem_len, (int, float)) or not math.isfinite(mem_len)
             or mem_len != int(mem_len) or not 0 <= mem_len <= limit):
         raise UserError(f"Memory length must be a whole number from 0 (off) to {limit} for this checkpoint, "
-                       f"got {mem_len!r}.")
+                        f"got {mem_len!r}.")
     return int(mem_len)
 
 
@@ -328,16 +332,18 @@ class App:
         model, ids, settings = self.prepare(
             prompt, checkpoint, mem_len, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
-        run, throttle = Run(model, ids, settings), Throttle()
+        runs, throttle = [], Throttle()
         try:
+            runs.append(run := Run(model, ids, settings))
             while event := run.step():
                 if throttle.due(force=run.due_now(event)):
                     run.new_segment = False
                     yield run.view.html(), run.status()
-        except XLDemoError as e:
+        except XLDemoError as e:  # the engine's own checks, such as a prompt byte beyond a small vocabulary
             raise UserError(str(e)) from None
         finally:
-            run.close()
+            for run in runs:
+                run.close()
 
     def compare(self, prompt, max_new_tokens=SAMPLING["max_new_tokens"].value,
                 temperature=SAMPLING["temperature"].value, top_k=SAMPLING["top_k"].value,
@@ -351,8 +357,9 @@ class App:
             temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
             seed=seed, stop=stop)
         off = replace(on, mem_len=0)
-        runs, throttle = [Run(model, ids, on, live_rate=False), Run(model, ids, off, live_rate=False)], Throttle()
+        runs, throttle = [], Throttle()
         try:
+            runs += [Run(model, ids, on, live_rate=False), Run(model, ids, off, live_rate=False)]
             alive = [True, True]
             while any(alive):
                 events = [run.step() if alive[i] else None for i, run in enumerate(runs)]
@@ -406,7 +413,7 @@ class App:
         try:
             model = self.load(checkpoint)
         except gr.Error as e:
-            return render.message_line(str(e)), gr.update()
+            return render.message_line(e.message), gr.update()
         return model_info(model), gr.update(maximum=model.max_mem_len, value=model.max_mem_len)
 
 
