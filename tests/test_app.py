@@ -141,7 +141,9 @@ def test_defaults_apply_to_every_input_but_the_prompt(client, folder):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]
     assert api["parameters"][0]["parameter_name"] == "prompt"
     assert all(p["parameter_has_default"] for p in api["parameters"][1:])
-    html, stats = client.submit(PROMPT, api_name="/generate").result()
+    updates = list(client.submit(PROMPT, api_name="/generate"))
+    html, stats = updates[-1]
+    assert len(updates) < 100  # 400 tokens: updates are throttled, not one per token
     seed = int(re.search(r"<b>(\d+)</b> seed", stats).group(1))  # the default -1 draws one and reports it
     assert f"<b>{ui.SAMPLING['max_new_tokens'].value}</b> new tokens" in stats
     assert generated_text(html) == engine_text(folder, PROMPT, seed=seed, mem_len=CONFIG["max_mem_len"])
