@@ -4,6 +4,7 @@ import html
 import math
 from dataclasses import dataclass
 
+
 def escape(text: str) -> str:
     """HTML-escaped text; $, { and } become entities too, so gr.HTML's template pass leaves them literal."""
     return html.escape(text).replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;")
@@ -114,13 +115,14 @@ def generation_stats(finished, started) -> list[tuple[str, str]]:
 REASONS = {"length": ("max new tokens", "reached"), "stop": ("stop string", "found"), "eos": ("end of text", "reached")}
 
 
-def byte_pieces(ids: list[int], bits: list[float], seg_len: int, decoder) -> list[tuple[str, float | None, int]]:
-    """(text, bits per byte, segment) per decoded piece of ids; bits[i] is the cost of ids[i + 1], so the first
-    piece has none. A character of several bytes gets their mean."""
+def byte_pieces(ids: list[int], values: list[float], seg_len: int, decoder) -> list[tuple[str, float | None, int]]:
+    """(text, value per byte, segment) per decoded piece of ids, where values[i] belongs to ids[i + 1] (as bits
+    the model spends predicting it do), so the first piece has none. A character of several bytes gets the mean
+    of theirs."""
     pieces, spent, count = [], 0.0, 0
     for position, token in enumerate(ids):
         if position > 0:
-            spent, count = spent + bits[position - 1], count + 1
+            spent, count = spent + values[position - 1], count + 1
         text = decoder.push(token)
         if position == len(ids) - 1:
             text += decoder.flush()
