@@ -130,8 +130,8 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
     generator = torch.Generator().manual_seed(seed)
     decoder = make_decoder(net, settings.decoder)
     batch, length = settings.num_samples, prompt.shape[-1]
-    started = time.perf_counter()
     yield Started(decoder.name, length, seg_len, mem_len, seed)
+    started = time.perf_counter()  # after the yield: a consumer's own work on Started is not ours to time
 
     # warm up: every prompt segment before the one holding the prompt's last token, one forward each
     current = (length - 1) // seg_len
