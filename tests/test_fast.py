@@ -17,6 +17,7 @@ SUPPORTED = {
     "rotary, mem > L, not a multiple": tiny_config(seq_len=4, mem_len=11),
     "absolute positions": tiny_config(rotary=False, mem_len=5),
     "3 heads of 8, partial rotary, 3 layers": tiny_config(dim=24, heads=3, attn_dim_head=8, rotary_emb_dim=4, depth=3),
+    "2 heads of 8 in dim 32": tiny_config(heads=2, attn_dim_head=8, mem_len=4),
     "one head (no output projection)": tiny_config(heads=1, attn_dim_head=32, mem_len=6),
     "no biases, no final norm, no unit offset, no flash": tiny_config(
         ff_no_bias=True, pre_norm_has_final_norm=False, norm_add_unit_offset=False, attn_flash=False, ff_mult=2),
@@ -145,10 +146,11 @@ def test_unsupported_falls_back_to_generic_and_fast_says_why(name):
     assert word in message and "\n" not in message
 
 
-def test_training_mode_is_not_supported():
+def test_training_mode_and_other_dtypes_are_not_supported():
     net = build_model(tiny_config()).train()
     assert make_decoder(net, "auto").name == "generic"
     assert "training" in unsupported_reason(net)
+    assert "bfloat16" in unsupported_reason(net.eval().bfloat16())
 
 
 def test_segments_longer_than_max_seq_len_are_refused():

@@ -20,6 +20,9 @@ def unsupported_reason(net: TransformerWrapper) -> str | None:
         return f"it is a {type(net).__name__}, not a TransformerWrapper"
     if net.training:
         return "the model is in training mode"
+    dtypes = {p.dtype for p in net.parameters()}
+    if dtypes != {torch.float32}:
+        return f"its weights are {', '.join(sorted(str(t).removeprefix('torch.') for t in dtypes))}, not float32"
     try:
         wrapper, layers = _options(net)
     except (AttributeError, IndexError, KeyError, TypeError, ZeroDivisionError):
@@ -153,14 +156,14 @@ class FastDecoder:
         self._allocate(b, m + self.seg_len)
         self.mems, self.memory_len, self.length = mems, m, m
         if self.rotary is not None:
-            angles = self.rotary(torch.arange(-m, self.hidden.shape[2] - m))[0][0, :, ::2]  # (slots, r / 2)
+            slots = torch.arange(-m, self.hidden.shape[2] - m, device=self.embed.device)  # positions in the segment
+            angles = self.rotary(slots)[0][0, :, ::2]  # (slots, r / 2): x-transformers' own angles, to the bit
             self.rotation = torch.complex(angles.cos(), angles.sin())
         if m:
-            memory = self.hidden, self.raw_keys, self.kv[:, :, 1]
             if carried is None:
                 self._project_memory(mems)
             else:
-                for buffer, carry in zip(memory, carried):
+                for buffer, carry in zip((self.hidden, self.raw_keys, self.kv[:, :, 1]), carried):
                     buffer[..., :m, :] = carry
             keys = self.kv[:, :, 0, :, :m]  # (depth, b, h, m, dh)
             keys.copy_(self.raw_keys[..., :m, :])
@@ -219,9 +222,9 @@ class FastDecoder:
         begin, end = self.length, self.length + n
         x = F.embedding(ids, self.embed)  # (b, n, d)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[:n]
+            x = x + self.pos_embed[:n]  # a segment's first tokens: positions 0 to n - 1
         rotation = None if self.rotary is None else self.rotation[begin:end]  # (n, r / 2)
-        mask = torch.ones(n, end, dtype=torch.bool).tril(begin)  # (n, end)
+        mask = None if n == 1 else torch.ones(n, end, dtype=torch.bool, device=x.device).tril(begin)  # (n, end)
         for i, block in enumerate(self.blocks):
             self.hidden[i, :, begin:end] = x
             h = F.layer_norm(x, x.shape[-1:], block.attn_norm)
@@ -233,7 +236,7 @@ class FastDecoder:
             self.kv[i, :, 0, :, begin:end] = k
             self.kv[i, :, 1, :, begin:end] = v
             out = F.scaled_dot_product_attention(q, self.kv[i, :, 0, :, :end], self.kv[i, :, 1, :, :end],
-                                                 attn_mask=None if n == 1 else mask)  # (b, h, n, dh)
+                                                 attn_mask=mask)  # (b, h, n, dh)
             out = out.transpose(1, 2).flatten(2)  # (b, n, h * dh)
             x = x + (out if block.out is None else out @ block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
@@ -295,7 +298,8 @@ def _block(attn_layer, ff_layer) -> Block:
     (attn_norm, *_), attn, _ = attn_layer
     (ff_norm, *_), ff, _ = ff_layer
     ff_in, ff_out = ff.ff[0][0], ff.ff[-1]
-    return Block(_gain(attn_norm), torch.cat((attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)).detach().t(),
+    qkv = torch.cat([w.detach() for w in (attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)])
+    return Block(_gain(attn_norm), qkv.t(),
                  attn.to_out.weight.detach().t() if isinstance(attn.to_out, nn.Linear) else None,
                  _gain(ff_norm), ff_in.weight.detach().t(), _bias(ff_in), ff_out.weight.detach().t(), _bias(ff_out))
 
