@@ -109,6 +109,8 @@ GOOD = tiny_config()
     ({**GOOD, "bogus_wrapper_key": 1}, None, "bogus_wrapper_key"),
     ({**GOOD, "attn_layers": {**GOOD["attn_layers"], "bogus_layer_key": 1}}, None, "bogus_layer_key"),
     ({**GOOD, "tokenizer": "sentencepiece"}, None, "unknown tokenizer"),
+    # x-transformers builds one head of width 64 in a model of width 32, then fails on the first token
+    ({**GOOD, "attn_layers": {**GOOD["attn_layers"], "heads": 1}}, None, "builds this model but cannot run it"),
     (GOOD, None, "no model.safetensors"),
     (GOOD, b"\x00garbage\xff" * 10, "not a readable safetensors file"),
 ])

@@ -24,7 +24,11 @@ CONFIGS = {
     # memory longer than a segment: otherwise a full segment's own hiddens push out all the rotated memory
     "shift_mem_down": {**tiny_config(depth=3, mem_len=13), "shift_mem_down": 1},
     "ff_glu, qk_norm": tiny_config(ff_glu=True, attn_qk_norm=True),
+    # x-transformers' KV cache is not exact for these two: auto must find that out and decode without it
+    "shift_tokens": tiny_config(shift_tokens=1),
+    "memory tokens, sandwich norm": {**tiny_config(sandwich_norm=True), "num_memory_tokens": 2},
 }
+NO_EXACT_CACHE = {"shift_tokens", "memory tokens, sandwich norm"}
 PROMPT_LENGTHS = [1, L - 1, L, L + 1, 2 * L, 3 * L, 2 * L + 3]
 
 
@@ -44,10 +48,14 @@ def random_prompt(length, seed=1):
     return torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.mark.parametrize("decoder", ["generic", "auto"])  # auto: the fast decoder wherever it applies
+@pytest.mark.parametrize("decoder", ["generic", "uncached", "auto"])  # auto: the fast decoder wherever it applies
 @pytest.mark.parametrize("name", CONFIGS)
 def test_greedy_equals_teacher_forced_argmax(name, decoder):
     checkpoint = tiny_checkpoint(CONFIGS[name])
+    if decoder == "generic" and name in NO_EXACT_CACHE:
+        with pytest.raises(XLDemoError, match="not exact for this model"):
+            list(generate(checkpoint, [1, 2], GenerationSettings(decoder="generic")))
+        return
     for length in PROMPT_LENGTHS:
         prompt = random_prompt(length, seed=length)
         _, tokens = run(checkpoint, prompt, max_new_tokens=3 * L + 2, temperature=0, decoder=decoder)
@@ -120,6 +128,13 @@ def test_upstream_generate_diverges_from_its_own_training_segmentation():
         assert upstream[:first_boundary] == ours[:first_boundary], "upstream agrees inside the first segment"
         differing += upstream != ours
     assert differing > 0
+
+
+@pytest.mark.parametrize("name, expected", [("rotary, mem = L", "fast"), ("t5 rel_pos_bias", "generic"),
+                                            ("shift_tokens", "uncached"), ("memory tokens, sandwich norm", "uncached")])
+def test_auto_takes_the_fastest_exact_path_and_says_which(name, expected):
+    events, _ = run(tiny_checkpoint(CONFIGS[name]), [1, 2, 3], max_new_tokens=2)
+    assert events[0].decoder == expected
 
 
 def test_event_order_and_segments():

@@ -61,9 +61,23 @@ def build_model(config: dict) -> TransformerWrapper:
     kwargs = {k: v for k, v in check_config(config).items() if k not in XLDEMO_KEYS}
     attn_layers = dict(kwargs.pop("attn_layers"))
     try:
-        return TransformerWrapper(attn_layers=Decoder(**attn_layers), **kwargs)
+        model = TransformerWrapper(attn_layers=Decoder(**attn_layers), **kwargs)
     except Exception as e:  # x-transformers reports bad arguments as TypeError, AssertionError, ValueError...
         raise XLDemoError(f"config.json: x-transformers rejects it: {_one_line(e)}") from None
+    _check_runs(model)
+    return model
+
+
+@torch.inference_mode()
+def _check_runs(model: TransformerWrapper) -> None:
+    """Some configurations x-transformers builds but cannot run (one head whose width is not the model's, say):
+    two tiny segments, the second with memory, make them fail here with their reason, not mid-generation."""
+    tokens = torch.zeros(1, min(2, model.max_seq_len), dtype=torch.long)
+    try:
+        _, mems = model(tokens, return_mems=True)
+        model(tokens[:, :1], mems=mems)
+    except Exception as e:
+        raise XLDemoError(f"config.json: x-transformers builds this model but cannot run it ({_one_line(e)})") from None
 
 
 def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str | None = None,

@@ -122,7 +122,8 @@ def build_parser() -> Parser:
     gen.add_argument("--stop", action="append", default=[], help="string that ends generation (repeatable)")
     gen.add_argument("--mem-len", type=int, help="memory length (default: the model's max_mem_len; 0: no memory)")
     gen.add_argument("--num-samples", type=int, default=1, help="samples in one batch (only the first streams)")
-    gen.add_argument("--decoder", choices=["auto", "fast", "generic"], default="auto")
+    gen.add_argument("--decoder", choices=["auto", "fast", "generic", "uncached"], default="auto",
+                     help="auto: the fastest exact path for the model")
     gen.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     gen.add_argument("--json", action="store_true", help="end with one line of JSON: ids, text, segments, timings")
     gen.set_defaults(run=cmd_generate)

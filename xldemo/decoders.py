@@ -1,5 +1,7 @@
 """Decoders of the current segment: a KV-cached step at a time, and the memory a finished segment leaves."""
 
+import weakref
+
 import torch
 from x_transformers import TransformerWrapper
 
@@ -53,17 +55,71 @@ class GenericDecoder:
         return 0 if self.mems is None else self.mems[0].shape[-2]
 
 
-DECODERS = {"fast": FastDecoder, "generic": GenericDecoder}
+class UncachedDecoder(GenericDecoder):
+    """Any model x-transformers can run, for those whose KV cache does not reproduce the full forward (token
+    shifting, memory tokens): every step reruns the segment so far with its memory, which is the teacher-forced
+    pass by construction, at a cost quadratic in the segment's length."""
+
+    name = "uncached"
+
+    def start(self, tokens: torch.Tensor, mems) -> torch.Tensor:
+        self.mems, self.tokens = mems, tokens
+        return self._run()
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        self.tokens = torch.cat((self.tokens, ids[:, None]), dim=-1)
+        return self._run()
+
+    def _run(self) -> torch.Tensor:
+        logits, inter = self.net(self.tokens, mems=self.mems, return_intermediates=True)
+        self.hiddens = [[h] for h in inter.hiddens]
+        return logits[:, -1]
+
+
+DECODERS = {"fast": FastDecoder, "generic": GenericDecoder, "uncached": UncachedDecoder}
+_cache_checked: "weakref.WeakKeyDictionary[TransformerWrapper, str | None]" = weakref.WeakKeyDictionary()
+
+
+def kv_cache_problem(net: TransformerWrapper) -> str | None:
+    """None when x-transformers' KV cache gives net the logits of its full forward, else why not. Decided once per
+    model, on random tokens after a segment of memory: cached and uncached logits are compared, not assumed."""
+    if net not in _cache_checked:
+        _cache_checked[net] = _probe_kv_cache(net)
+    return _cache_checked[net]
+
+
+@torch.inference_mode()
+def _probe_kv_cache(net: TransformerWrapper) -> str | None:
+    if not getattr(net, "can_cache_kv", True):
+        return "x-transformers does not cache keys and values for it"
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, net.num_tokens, (1, net.max_seq_len + min(net.max_seq_len, 6)), generator=generator)
+    first, rest = tokens[:, :net.max_seq_len], tokens[:, net.max_seq_len:]
+    _, inter = net(first, return_embeddings=True, return_intermediates=True)
+    mems = next_memory(None, inter.hiddens, net.max_mem_len, net.shift_mem_down)
+    expected = net(rest, mems=mems)[0]  # (n, v)
+    try:
+        decoder = GenericDecoder(net)
+        cached = [decoder.start(rest[:, :1], mems)] + [decoder.step(rest[:, i]) for i in range(1, rest.shape[1])]
+    except Exception as e:  # a cache that fails outright is as unusable as one that drifts
+        return f"its KV cache fails ({type(e).__name__})"
+    error = (torch.cat(cached) - expected).abs().max().item()
+    if error > 1e-3 * (1 + expected.abs().max().item()):
+        return f"its KV cache changes the logits by up to {error:.3g}"
+    return None
 
 
 def make_decoder(net: TransformerWrapper, choice: str = "auto"):
-    """The fast decoder where it supports net's configuration (auto, fast), else x-transformers' own (auto,
-    generic); "fast" on a configuration it does not support raises XLDemoError saying why."""
+    """auto: the fast decoder where it supports net's configuration, else x-transformers' own modules with their
+    KV cache where that cache is exact, else without it. Naming a decoder that cannot be exact for net raises
+    XLDemoError saying why."""
     if choice not in ("auto", *DECODERS):
         raise XLDemoError(f"decoder must be one of auto, {', '.join(DECODERS)}, got {choice!r}")
-    if choice != "auto":
-        return DECODERS[choice](net)
-    try:
-        return FastDecoder(net)
-    except XLDemoError:
-        return GenericDecoder(net)
+    if choice == "auto":
+        try:
+            return FastDecoder(net)
+        except XLDemoError:
+            choice = "uncached" if kv_cache_problem(net) else "generic"
+    if choice == "generic" and (problem := kv_cache_problem(net)):
+        raise XLDemoError(f"the generic decoder is not exact for this model: {problem}; use the uncached decoder")
+    return DECODERS[choice](net)

@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 
 from .checkpoint import Checkpoint
-from .decoders import make_decoder, next_memory
+from .decoders import DECODERS, make_decoder, next_memory
 from .errors import XLDemoError
 from .sampling import choose_tokens
 
@@ -28,7 +28,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()
     mem_len: int | None = None  # None is the model's max_mem_len, 0 is no memory
     num_samples: int = 1
-    decoder: str = "auto"  # auto | fast | generic
+    decoder: str = "auto"  # auto | fast | generic | uncached
 
     def __post_init__(self):
         def bad(name, rule):
@@ -56,15 +56,15 @@ class GenerationSettings:
             bad("mem_len", "an integer >= 0")
         if not _is_int(self.num_samples) or not 1 <= self.num_samples <= 64:
             bad("num_samples", "an integer in [1, 64]")
-        if self.decoder not in ("auto", "fast", "generic"):
-            bad("decoder", "one of auto, fast, generic")
+        if self.decoder not in ("auto", *DECODERS):
+            bad("decoder", f"one of auto, {', '.join(DECODERS)}")
 
 
 # events, in the order a run yields them: Started, then SegmentStarted / WarmupProgress / Token, then Finished
 
 @dataclass(frozen=True)
 class Started:
-    decoder: str  # which decoding path runs: "fast" or "generic"
+    decoder: str  # which decoding path runs: "fast", "generic" or "uncached"
     prompt_tokens: int
     segment_len: int
     mem_len: int
