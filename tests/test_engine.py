@@ -235,3 +235,13 @@ def test_bad_prompts_are_refused_before_any_work(checkpoint):
         generate(checkpoint, [1, 256])
     with pytest.raises(XLDemoError, match="eos_id"):
         generate(checkpoint, [1], GenerationSettings(eos_id=300))
+
+
+def test_a_vocabulary_beyond_the_bytes_streams_without_error():
+    checkpoint = tiny_checkpoint({**tiny_config(), "num_tokens": 300})
+    with torch.no_grad():  # every byte's logit 0: greedy picks an id above 255 wherever one is positive
+        checkpoint.model.to_logits.weight[:256] = 0.0
+    events, tokens = run(checkpoint, [1, 2, 3], max_new_tokens=2 * L, temperature=0)
+    assert sum(t.id >= 256 for t in tokens) > L
+    assert all(t.text == "\ufffd" for t in tokens if t.id >= 256)
+    assert events[-1].texts[0] == "".join(t.text for t in tokens)

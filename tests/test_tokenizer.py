@@ -26,3 +26,9 @@ def test_invalid_bytes_become_replacement_characters():
     assert "".join(stream(b"\xe2\x82")) == "\ufffd"
     data = bytes(range(256))
     assert "".join(stream(data)) == data.decode("utf-8", errors="replace")
+
+
+def test_ids_beyond_the_bytes_are_one_replacement_character_each():
+    # a checkpoint may have more ids than bytes (num_tokens 257 for an end token, say): no id may raise
+    assert stream([0x68, 256, 0xC3, 300, 0x69]) == ["h", "\ufffd", "", "\ufffd\ufffd", "i", ""]
+    assert ByteTokenizer().decode([0x68, 256, 0xC3]) == "h\ufffd\ufffd"

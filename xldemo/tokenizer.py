@@ -12,7 +12,8 @@ class ByteTokenizer:
         return list(text.encode("utf-8") if isinstance(text, str) else text)
 
     def decode(self, ids) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
+        decoder = self.stream_decoder()
+        return "".join(decoder.push(i) for i in ids) + decoder.flush()
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder()
@@ -26,11 +27,15 @@ class StreamDecoder:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token_id: int) -> str:
+        if not 0 <= token_id < 256:  # a model's extra ids beyond the bytes (a padding or end token) are no text
+            return self.flush() + "\ufffd"
         return self._decoder.decode(bytes((token_id,)))
 
     def flush(self) -> str:
-        """Whatever an unfinished character leaves behind, as U+FFFD."""
-        return self._decoder.decode(b"", final=True)
+        """Whatever an unfinished character leaves behind, as U+FFFD; the decoder starts afresh."""
+        pending = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return pending
 
 
 TOKENIZERS = {"bytes": ByteTokenizer}
