@@ -1,6 +1,10 @@
 """Training: the loss falls, resuming is exact, the learning-rate schedule, and the shipped checkpoint."""
 
 import json
+import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -81,3 +85,18 @@ def test_shipped_checkpoint_loads_strictly_with_plain_x_transformers():
     state = load_file(DEFAULT_CHECKPOINT / WEIGHTS_FILE)
     model.load_state_dict(state, strict=True)
     assert all(t.dtype == torch.float32 for t in state.values())
+
+
+def test_runs_unchanged_under_torchrun_with_two_processes(tmp_path):
+    """Data parallel as on several GPUs, here two CPU processes over gloo: both step together, rank 0 writes."""
+    s = settings(tmp_path, steps=3)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xldemo",
+               "train", "--model-config", s.model_config, "--out", s.out, "--data", s.data, "--steps", "3",
+               "--batch-size", "2", "--segments", "2", "--eval-every", "1000", "--bf16", "off"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(math.isfinite(e["loss"]) for e in log)
+    assert "'tokens': 768" in done.stdout  # 3 steps of 2 rows of 2 segments of 32 tokens, on each of 2 ranks
+    load_checkpoint(tmp_path / "run" / "model")
