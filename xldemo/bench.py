@@ -1,12 +1,15 @@
 """The benchmark: xldemo's engine and x-transformers' XLAutoregressiveWrapper.generate side by side, same model."""
 
 import json
+import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from .engine import GenerationSettings, Started, Token, generate
 from .errors import XLDemoError
 
 RANDOM_CONFIG = Path(__file__).resolve().parent / "configs" / "shakespeare-xl.json"
+ROOT = Path(__file__).resolve().parent.parent  # where app.py is
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,14 @@ class BenchSettings:
     repeats: int = 3  # interleaved timings of both sides; the median is reported
     cli_repeats: int = 2  # long and 1-token runs of `python -m xldemo generate --json`, fresh processes; 0 skips
     cli_new_tokens: int = 1024  # more than new_tokens: the difference must outweigh process start-up noise
+    app_repeats: int = 1  # runs of `python app.py`'s generate endpoint, whose stats line is read; 0 skips
     decoder: str = "auto"
     threads: int = 0  # torch threads; 0 is torch's choice
     seed: int = 0
 
     def __post_init__(self):
         for name, least in (("new_tokens", 2), ("prompt_segments", 1), ("ttft_prompt_bytes", 1), ("repeats", 1),
-                            ("cli_repeats", 0), ("cli_new_tokens", 2), ("threads", 0)):
+                            ("cli_repeats", 0), ("cli_new_tokens", 2), ("app_repeats", 0), ("threads", 0)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < least:
                 raise XLDemoError(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
         if self.checkpoint and self.random_config:
@@ -84,6 +89,12 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
             rows.append(Row("decode tokens/s, `python -m xldemo generate --json` in fresh processes", None,
                             cli_speed, cli_speed / ref_speed))
             rows.append(Row("decode tokens/s, as that JSON reports it", None, reported, reported / ref_speed))
+
+        if settings.app_repeats:
+            log("decode speed in the app: `python app.py`, its stats line")
+            app_speed = _app_speed(folder, prompt, settings)
+            rows.append(Row("decode tokens/s, as the app's stats line reports it", None, app_speed,
+                            app_speed / ref_speed))
 
         log(f"time to first token: {settings.ttft_prompt_bytes}-byte prompt, {settings.repeats} rounds")
         long_prompt = _prompt(settings.ttft_prompt_bytes, settings.seed + 1)
@@ -198,6 +209,45 @@ def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[fl
             per_token.append((long - short) / (settings.cli_new_tokens - 1))
             reported.append(report["decode_tokens_per_s"])
     return 1 / statistics.median(per_token), statistics.median(reported)
+
+
+def _app_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> float:
+    """The tokens/s of the app's stats line, median of greedy runs of cli_new_tokens tokens: `python app.py` served
+    on 127.0.0.1 in its own process, as on a Space, and called through gradio_client."""
+    from gradio_client import Client
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "XLDEMO_CHECKPOINT": str(Path(folder).resolve()), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise XLDemoError(f"the app did not start: {server.stderr.read().decode()[-500:]}") from None
+                time.sleep(0.5)
+        client = Client(url, verbose=False)
+        text = bytes(32 + b % 95 for b in prompt).decode()  # the app takes text: printable ASCII, one byte each
+        rates = []
+        for _ in range(settings.app_repeats):
+            _, stats = client.predict(text, settings.cli_new_tokens, 0.0, api_name="/generate")
+            rates.append(float(re.search(r"<b>([\d.]+)</b> tokens/s", stats).group(1)))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return statistics.median(rates)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _peak_rss_growth_in_subprocess(side: str, folder: Path, prompt_bytes: int, settings: BenchSettings) -> float:
