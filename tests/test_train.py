@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -93,8 +94,15 @@ def test_runs_unchanged_under_torchrun_with_two_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xldemo",
                "train", "--model-config", s.model_config, "--out", s.out, "--data", s.data, "--steps", "3",
                "--batch-size", "2", "--segments", "2", "--eval-every", "1000", "--bf16", "off"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # a session of its own, so that a hung worker can be killed with torchrun rather than outlive the test
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        stdout, stderr = run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        pytest.fail("torchrun did not finish in 240 s")
+    done = subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-2000:]
     log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
     assert [e["step"] for e in log] == [1, 2, 3] and all(math.isfinite(e["loss"]) for e in log)

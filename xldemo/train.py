@@ -129,6 +129,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     if rank == 0:
         save_checkpoint(model, config, out / "model", dtype=s.storage_dtype)
     if world > 1:
+        # every rank leaves together: a rank that tears down while rank 0 still saves can wait on it forever
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {"steps": step, "tokens": step * tokens_per_step, "final_loss": log[-1]["loss"] if log else None,
             "val_bpb": last_val(log)}
