@@ -164,3 +164,18 @@ def test_real_process_reports_bad_input_without_traceback(tmp_path):
 def test_default_checkpoint_is_the_shipped_one(capsys):
     _, result = generate_json(capsys, "--prompt", "ROMEO.\n", "--max-new-tokens", 5, "--temperature", 0)
     assert len(result["token_ids"]) == 5 and result["mem_len"] == 256
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_dir(), reason="the shipped checkpoint is not in this checkout")
+def test_greedy_on_the_shipped_checkpoint_is_exact_across_boundaries(capsys, tmp_path):
+    """The trained model, fast path and all: 600 greedy tokens after a 700-byte prompt cross three boundaries."""
+    from xldemo.checkpoint import load_checkpoint
+
+    prompt = (Path(__file__).resolve().parent.parent / "xldemo" / "prompts" / "macbeth_cast.txt").read_bytes()[:700]
+    (tmp_path / "prompt.txt").write_bytes(prompt)
+    _, result = generate_json(capsys, "--prompt-file", tmp_path / "prompt.txt", "--max-new-tokens", 600,
+                              "--temperature", 0)
+    assert result["decoder"] == "fast" and len(result["segments"]) == 6
+    ids = result["token_ids"]
+    logits = teacher_forced_logits(load_checkpoint(DEFAULT_CHECKPOINT).model, torch.tensor([list(prompt) + ids]))[0]
+    assert logits[len(prompt) - 1:-1].argmax(-1).tolist() == ids
