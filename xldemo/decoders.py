@@ -72,8 +72,11 @@ class UncachedDecoder(GenericDecoder):
 
     def _run(self) -> torch.Tensor:
         logits, inter = self.net(self.tokens, mems=self.mems, return_intermediates=True)
-        self.hiddens = [[h] for h in inter.hiddens]
+        self.hiddens = inter.hiddens  # the whole segment's, rerun each step
         return logits[:, -1]
+
+    def segment_hiddens(self) -> list[torch.Tensor]:
+        return list(self.hiddens)
 
 
 DECODERS = {"fast": FastDecoder, "generic": GenericDecoder, "uncached": UncachedDecoder}

@@ -178,9 +178,6 @@ class FastDecoder:
             raise XLDemoError(f"a segment holds at most {self.seg_len} tokens: start the next one")
         # on torch's own threads: a step streams every weight from memory once, and on this 2-core CPU two threads
         # decode the shipped model at about 1,000 tokens/s where one did 700
-        return self._step(ids)
-
-    def _step(self, ids: torch.Tensor) -> torch.Tensor:
         p = self.length
         x = F.embedding(ids, self.embed)  # (b, d)
         if self.pos_embed is not None:
