@@ -4,7 +4,6 @@ to its end in Debian's Chromium. python docs/screenshot.py [checkpoint] [--seed 
 import argparse
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from xldemo import ui  # noqa: E402
+from xldemo.bench import free_port  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
@@ -28,9 +28,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     args = parser.parse_args()
     demo = ui.build_demo(args.checkpoint)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **ui.LAUNCH_OPTIONS)
     try:

@@ -3,9 +3,6 @@ segment labels, defaults, errors, cancellation and concurrent users, each checke
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,6 +17,7 @@ from gradio_client.exceptions import AppError
 
 from test_render import labels, visible_text
 from xldemo import ui
+from xldemo.bench import free_port, served_app
 from xldemo.checkpoint import build_model, load_checkpoint, save_checkpoint
 from xldemo.engine import Finished, GenerationSettings, Token, WarmupProgress, generate
 
@@ -87,12 +85,6 @@ def watch_runs(monkeypatch, seconds_per_step: float = 0.0) -> dict:
 
     monkeypatch.setattr(ui, "generate", watched)
     return record
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def engine_text(folder, prompt: str, **settings) -> str:
@@ -274,20 +266,6 @@ def test_app_py_is_thin_and_serves_on_the_port_it_is_given(folder):
     source = (ROOT / "app.py").read_text()
     assert "torch" not in source and "demo.launch(" in source and 'if __name__ == "__main__":' in source
     assert "import torch" not in Path(ui.__file__).read_text()
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "XLDEMO_CHECKPOINT": str(folder)}
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    try:
-        deadline, page = time.monotonic() + 120, None
-        while page is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-            except OSError:
-                time.sleep(0.5)
-        assert page is not None, server.stderr.read().decode()[-2000:] if server.poll() is not None else "no page"
-        assert "xldemo" in page
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with served_app(folder) as url:
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert "xldemo" in page

@@ -10,8 +10,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -212,14 +214,27 @@ def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[fl
 
 
 def _app_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> float:
-    """The tokens/s of the app's stats line, median of greedy runs of cli_new_tokens tokens: `python app.py` served
-    on 127.0.0.1 in its own process, as on a Space, and called through gradio_client."""
+    """The tokens/s of the app's stats line, median of greedy runs of cli_new_tokens tokens, called through
+    gradio_client."""
     from gradio_client import Client
 
-    port = _free_port()
+    with served_app(folder) as url:
+        client = Client(url, verbose=False)
+        text = bytes(32 + b % 95 for b in prompt).decode()  # the app takes text: printable ASCII, one byte each
+        rates = []
+        for _ in range(settings.app_repeats):
+            _, stats = client.predict(text, settings.cli_new_tokens, 0.0, api_name="/generate")
+            rates.append(float(re.search(r"<b>([\d.]+)</b> tokens/s", stats).group(1)))
+    return statistics.median(rates)
+
+
+@contextmanager
+def served_app(folder: str | Path) -> Iterator[str]:
+    """`python app.py` on the checkpoint at folder, in its own process as on a Space, served on 127.0.0.1 through
+    GRADIO_SERVER_NAME and GRADIO_SERVER_PORT; yields its URL once the page answers."""
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "XLDEMO_CHECKPOINT": str(Path(folder).resolve()), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
+           "XLDEMO_CHECKPOINT": str(Path(folder).resolve())}  # app.py itself turns analytics and telemetry off
     server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     try:
@@ -232,19 +247,14 @@ def _app_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> float:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise XLDemoError(f"the app did not start: {server.stderr.read().decode()[-500:]}") from None
                 time.sleep(0.5)
-        client = Client(url, verbose=False)
-        text = bytes(32 + b % 95 for b in prompt).decode()  # the app takes text: printable ASCII, one byte each
-        rates = []
-        for _ in range(settings.app_repeats):
-            _, stats = client.predict(text, settings.cli_new_tokens, 0.0, api_name="/generate")
-            rates.append(float(re.search(r"<b>([\d.]+)</b> tokens/s", stats).group(1)))
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return statistics.median(rates)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
