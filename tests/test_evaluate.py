@@ -12,7 +12,7 @@ from conftest import tiny_checkpoint, tiny_config
 from xldemo import XLDemoError, save_checkpoint
 from xldemo.cli import main
 from xldemo import data
-from xldemo.evaluate import TABLE_ROWS, evaluate, markdown_report, position_ranges
+from xldemo.evaluate import TABLE_ROWS, evaluate, markdown_report, position_ranges, shown_path
 
 TINY = tiny_config(seq_len=16, mem_len=16)
 MODES = ("memory", "no_memory")
@@ -134,3 +134,10 @@ def test_eval_command_reports_bad_input_in_one_line(saved, tmp_path, capsys, opt
     assert main(["eval", "--checkpoint", str(saved), "--out", str(tmp_path / "eval"), *options]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_eval_json_names_a_checkpoint_under_the_working_folder_relatively(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--checkpoint", str(saved), "--bytes", "100", "--out", "eval"]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["checkpoint"] == "tiny"
+    assert shown_path("/elsewhere/model") == "/elsewhere/model"

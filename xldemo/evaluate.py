@@ -119,12 +119,20 @@ def run_eval(s: EvalSettings) -> str:
     texts = test_texts(prepare(Path(s.data)))
     editions = {name: torch.tensor(checkpoint.tokenizer.encode(text[:s.bytes]), dtype=torch.long)
                 for name, text in texts.items()}
-    result = {"checkpoint": s.checkpoint, "bytes": s.bytes, **evaluate(checkpoint.model, editions)}
+    result = {"checkpoint": shown_path(s.checkpoint), "bytes": s.bytes, **evaluate(checkpoint.model, editions)}
     report = markdown_report(result)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval.md").write_text(report)
     plot_report(result, out / "eval.png")
     return report
+
+
+def shown_path(path: str) -> str:
+    """A path under the working folder as a relative one, so that eval.json does not record this machine's layout."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _cells(bits: dict[str, float]) -> str:
