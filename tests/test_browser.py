@@ -116,6 +116,9 @@ def test_generate_streams_labelled_segments_and_stop_stops(browser, url, runs): 
 def test_the_page_fits_a_phone(browser, url, tmp_path):  # noqa: F811
     requests = []
     page = open_page(browser, url, 390, 844, requests)
+    top = {name: page.locator(selector).first.bounding_box()["y"]
+           for name, selector in (("prompt", "#prompt"), ("generate", "#generate"), ("settings", ".xl-settings"))}
+    assert top["prompt"] < top["generate"] < top["settings"], top  # Generate before the settings, not below them
     text = tmp_path / "scene.txt"
     text.write_text("MIRANDA.\nIf by your art, my dearest father, you have\n", encoding="utf-8")
     page.locator("input[type=file]").set_input_files(str(text))  # the Load a .txt file button

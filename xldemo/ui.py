@@ -38,7 +38,17 @@ THEME = gr.themes.Soft(primary_hue="blue", neutral_hue="slate").set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white")
 # ssr_mode off: Spaces would otherwise render on a Node server, a different page from the one tested here
-LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": THEME, "ssr_mode": False}
+# On a phone the two columns stack: without this, Generate and the output would sit below every setting. The
+# input column's children join the stack, and the settings move after the output.
+PHONE_CSS = """
+@media (max-width: 720px) {
+  #xl-main { flex-direction: column; }
+  #xl-input { display: contents; }
+  #xl-output { order: 1; width: 100%; }
+  #xl-input > .xl-settings { order: 2; }
+}
+"""
+LAUNCH_OPTIONS = {"max_file_size": "1mb", "theme": THEME, "ssr_mode": False, "css": PHONE_CSS}
 
 
 class UserError(gr.Error):
@@ -520,8 +530,8 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
 
     with gr.Blocks(title="xldemo: Transformer-XL streaming generation") as demo:
         gr.HTML(HEADER, css_template=HEADER_CSS)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=5, min_width=320):
+        with gr.Row(equal_height=False, elem_id="xl-main"):
+            with gr.Column(scale=5, min_width=320, elem_id="xl-input"):
                 prompt = gr.Textbox(label="Prompt", lines=9, max_lines=16, autoscroll=False,
                                     placeholder="Type or paste a long passage, pick an example below, or load a "
                                                 ".txt file.", elem_id="prompt")
@@ -531,7 +541,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                     gr.Markdown(LIMITS, elem_classes="xl-limits")
                 gr.Examples([[text] for text in examples.values()], inputs=[prompt],
                             example_labels=list(examples), label="Example prompts from the held-out plays")
-                with gr.Accordion("Sampling", open=False):
+                with gr.Accordion("Sampling", open=False, elem_classes="xl-settings"):
                     with gr.Row():
                         sliders = {name: spec.component(name) for name, spec in SAMPLING.items()}
                     with gr.Row():
@@ -539,14 +549,14 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                                          info="-1 draws one; the stats line shows it")
                         stop = gr.Textbox("", label="Stop strings", lines=1, max_lines=4,
                                           info="one per line; \\n stands for a newline")
-                with gr.Accordion("Model and memory", open=True):
+                with gr.Accordion("Model and memory", open=True, elem_classes="xl-settings"):
                     checkpoint = gr.Dropdown(choices, value=default, allow_custom_value=True, label="Checkpoint",
                                              info="a shipped checkpoint, or type a Hugging Face Hub repo id "
                                                   "(owner/name)")
                     mem_len = gr.Slider(0, max_mem, value=max_mem, step=1, label="Memory length",
                                         info="hidden states kept per layer, in tokens; 0 turns memory off")
                     info = _html(render.message_line("loading the checkpoint…"))
-            with gr.Column(scale=7, min_width=340):
+            with gr.Column(scale=7, min_width=340, elem_id="xl-output"):
                 with gr.Tabs():
                     with gr.Tab("Generate", id="generate"):
                         with gr.Row():
