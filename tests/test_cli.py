@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_checkpoint, tiny_config
-from xldemo.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from xldemo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from xldemo.cli import main
 from xldemo.teacher import teacher_forced_logits
 
@@ -169,8 +169,6 @@ def test_default_checkpoint_is_the_shipped_one(capsys):
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_dir(), reason="the shipped checkpoint is not in this checkout")
 def test_greedy_on_the_shipped_checkpoint_is_exact_across_boundaries(capsys, tmp_path):
     """The trained model, fast path and all: 600 greedy tokens after a 700-byte prompt cross three boundaries."""
-    from xldemo.checkpoint import load_checkpoint
-
     prompt = (Path(__file__).resolve().parent.parent / "xldemo" / "prompts" / "macbeth_cast.txt").read_bytes()[:700]
     (tmp_path / "prompt.txt").write_bytes(prompt)
     _, result = generate_json(capsys, "--prompt-file", tmp_path / "prompt.txt", "--max-new-tokens", 600,
