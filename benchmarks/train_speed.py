@@ -1,18 +1,14 @@
 """Training speed, fp32 against bf16 autocast, side by side on one batch shape, and whether bf16 holds up (the
-loss of each step agrees). python benchmarks/train_speed.py [--config PATH] [--batch-size 8] [--segments 4]"""
+loss of each step agrees). python -m benchmarks.train_speed [--config PATH] [--batch-size 8] [--segments 4]"""
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 from x_transformers import XLAutoregressiveWrapper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from xldemo.checkpoint import build_model  # noqa: E402
-from xldemo.train import MODEL_CONFIGS, cpu_has_amx  # noqa: E402
+from xldemo.checkpoint import build_model, read_config
+from xldemo.train import MODEL_CONFIGS, cpu_has_amx
 
 
 def tokens_per_second(config: dict, bf16: bool, batch: torch.Tensor, steps: int, warmup: int = 2):
@@ -40,7 +36,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
-    config = json.loads(Path(args.config).read_text())
+    config = read_config(args.config)
     batch = torch.randint(0, config["num_tokens"], (args.batch_size, args.segments * config["max_seq_len"] + 1),
                           generator=torch.Generator().manual_seed(0))
     fp32, fp32_losses = tokens_per_second(config, False, batch, args.steps)

@@ -5,10 +5,11 @@ import torch
 
 from conftest import tiny_checkpoint, tiny_config
 from xldemo.checkpoint import build_model
-from xldemo.decoders import GenericDecoder, make_decoder, next_memory
+from xldemo.decoders import GenericDecoder, make_decoder
 from xldemo.engine import GenerationSettings, Started, Token, generate
 from xldemo.errors import XLDemoError
 from xldemo.fast import FastDecoder, unsupported_reason
+from xldemo.memory import memory_after, next_memory
 from xldemo.teacher import teacher_forced_logits
 
 SUPPORTED = {
@@ -40,12 +41,9 @@ UNSUPPORTED = {
 def drive(decoder, net, tokens: torch.Tensor, prompt_len: int, mem_len: int) -> torch.Tensor:
     """Feeds tokens (b, t) as the engine does (warm-up through net, then start / step, memory at each boundary);
     returns the logits that predict tokens[prompt_len:] and the one after: (b, t - prompt_len + 1, v)."""
-    seg_len, mems = net.max_seq_len, None
+    seg_len = net.max_seq_len
     current = (prompt_len - 1) // seg_len
-    for index in range(current):
-        _, inter = net(tokens[:, index * seg_len:(index + 1) * seg_len], mems=mems, return_embeddings=True,
-                       return_intermediates=True)
-        mems = next_memory(mems, inter.hiddens, mem_len)
+    mems = memory_after(net, tokens[:, :current * seg_len], mem_len)
     logits = [decoder.start(tokens[:, current * seg_len:prompt_len], mems)]
     for position in range(prompt_len, tokens.shape[1]):
         if position % seg_len == 0:

@@ -1,45 +1,45 @@
 """The benchmark: xldemo's engine and x-transformers' XLAutoregressiveWrapper.generate side by side, same model."""
 
 import json
-import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from .checkpoint import DEFAULT_CHECKPOINT, build_model, load_checkpoint, save_checkpoint
+from .checkpoint import DEFAULT_CHECKPOINT, build_model, load_checkpoint, read_config, save_checkpoint
+from .decoders import DECODERS
 from .engine import GenerationSettings, Started, Token, generate
 from .errors import XLDemoError
+from .options import setting
 
 RANDOM_CONFIG = Path(__file__).resolve().parent / "configs" / "shakespeare-xl.json"
-ROOT = Path(__file__).resolve().parent.parent  # where app.py is
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    checkpoint: str = ""  # default: the shipped checkpoint, else a random model of random_config's shape
-    random_config: str = ""  # a config.json: benchmark a randomly initialised model of this shape instead
-    new_tokens: int = 256  # decoded per timing, greedy
-    prompt_segments: int = 4  # length of the decode-speed prompt, in segments
-    ttft_prompt_bytes: int = 65536
-    memory_prompt_bytes: str = "1024,1048576"  # one fresh process per size and side; "" skips
-    repeats: int = 3  # interleaved timings of both sides; the median is reported
-    cli_repeats: int = 2  # long and 1-token runs of `python -m xldemo generate --json`, fresh processes; 0 skips
-    cli_new_tokens: int = 1024  # more than new_tokens: the difference must outweigh process start-up noise
-    app_repeats: int = 1  # runs of `python app.py`'s generate endpoint, whose stats line is read; 0 skips
-    decoder: str = "auto"
-    threads: int = 0  # torch threads; 0 is torch's choice
-    seed: int = 0
+    checkpoint: str = setting("", "checkpoint folder (default: the shipped one, else a random model of "
+                                  "--random-config's shape)")
+    random_config: str = setting("", "a config.json: benchmark a randomly initialised model of this shape instead")
+    new_tokens: int = setting(256, "tokens decoded per timing, greedy")
+    prompt_segments: int = setting(4, "length of the decode-speed prompt, in segments")
+    ttft_prompt_bytes: int = setting(65536, "prompt bytes of the time-to-first-token row")
+    memory_prompt_bytes: str = setting("1024,1048576", "prompt sizes of the peak-memory rows, one fresh process "
+                                                       "per size and side; empty skips them")
+    repeats: int = setting(3, "interleaved timings of both sides; the median is reported")
+    cli_repeats: int = setting(2, "long and 1-token runs of `python -m xldemo generate --json` in fresh "
+                                  "processes; 0 skips")
+    # more than new_tokens: the difference must outweigh process start-up noise
+    cli_new_tokens: int = setting(1024, "tokens of the CLI and app runs")
+    app_repeats: int = setting(1, "runs of `python app.py`'s generate endpoint, whose stats line is read; 0 skips")
+    decoder: str = setting("auto", "xldemo's decoding path", choices=("auto", *DECODERS))
+    threads: int = setting(0, "torch threads; 0 is torch's choice")
+    seed: int = setting(0, "seed of the random prompts and model")
 
     def __post_init__(self):
         for name, least in (("new_tokens", 2), ("prompt_segments", 1), ("ttft_prompt_bytes", 1), ("repeats", 1),
@@ -146,10 +146,7 @@ def _checkpoint_folder(settings: BenchSettings, scratch: Path) -> tuple[Path, st
     if not settings.random_config and (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
         return DEFAULT_CHECKPOINT, "the shipped checkpoint"
     config_path = Path(settings.random_config or RANDOM_CONFIG)
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise XLDemoError(f"random_config: cannot read {config_path} ({e})") from None
+    config = read_config(config_path)
     torch.manual_seed(settings.seed)
     save_checkpoint(build_model(config), config, scratch / "random")
     return scratch / "random", f"a random model of {config_path.name}'s shape"
@@ -218,46 +215,16 @@ def _app_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> float:
     gradio_client."""
     from gradio_client import Client
 
+    from .web.local import served_app
+
     with served_app(folder) as url:
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, analytics_enabled=False)
         text = bytes(32 + b % 95 for b in prompt).decode()  # the app takes text: printable ASCII, one byte each
         rates = []
         for _ in range(settings.app_repeats):
             _, stats = client.predict(text, settings.cli_new_tokens, 0.0, api_name="/generate")
             rates.append(float(re.search(r"<b>([\d.]+)</b> tokens/s", stats).group(1)))
     return statistics.median(rates)
-
-
-@contextmanager
-def served_app(folder: str | Path) -> Iterator[str]:
-    """`python app.py` on the checkpoint at folder, in its own process as on a Space, served on 127.0.0.1 through
-    GRADIO_SERVER_NAME and GRADIO_SERVER_PORT; yields its URL once the page answers."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "XLDEMO_CHECKPOINT": str(Path(folder).resolve())}  # app.py itself turns analytics and telemetry off
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    try:
-        url, deadline = f"http://127.0.0.1:{port}/", time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise XLDemoError(f"the app did not start: {server.stderr.read().decode()[-500:]}") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _peak_rss_growth_in_subprocess(side: str, folder: Path, prompt_bytes: int, settings: BenchSettings) -> float:

@@ -84,7 +84,7 @@ def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str
                     cache_dir: str | None = None) -> Checkpoint:
     """A local folder, else a Hugging Face Hub repo id (honouring revision, the cache and HF_HUB_OFFLINE)."""
     folder = resolve(name_or_path, revision, cache_dir)
-    config = _read_config(folder / CONFIG_FILE)
+    config = read_config(folder)
     tokenizer = load_tokenizer(config.get("tokenizer", XLDEMO_KEYS["tokenizer"]))
     model = build_model(config)
     weights = folder / WEIGHTS_FILE
@@ -135,13 +135,22 @@ def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path,
     return folder
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: str | Path) -> dict:
+    """The checked config of a checkpoint folder, or of a config file such as xldemo/configs/*.json."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CONFIG_FILE
     if not path.is_file():
-        raise XLDemoError(f"{path.parent}: no {CONFIG_FILE}")
+        raise XLDemoError(f"{path.parent}: no {CONFIG_FILE}" if path.name == CONFIG_FILE else f"{path}: no such file")
     try:
         return check_config(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise XLDemoError(f"{path}: not valid JSON ({_one_line(e)})") from None
+
+
+def shipped_checkpoints() -> list[str]:
+    """Names of the checkpoint folders under checkpoints/."""
+    return sorted(p.name for p in SHIPPED.iterdir() if (p / CONFIG_FILE).is_file()) if SHIPPED.is_dir() else []
 
 
 def _strip_compile_prefix(key: str) -> str:

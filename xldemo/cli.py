@@ -1,12 +1,12 @@
 """The command line: python -m xldemo {generate,train,eval,bench}."""
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from .errors import XLDemoError
+from .options import add_options, from_options
 
 
 class Parser(argparse.ArgumentParser):
@@ -14,17 +14,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One --option per field of a settings dataclass, typed and defaulted from it."""
-    for field in dataclasses.fields(cls):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default,
-                            help=f"default: {field.default}")
-
-
-def from_options(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def cmd_generate(args) -> None:
@@ -35,10 +24,7 @@ def cmd_generate(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, eos_id=args.eos,
-        stop=tuple(args.stop), mem_len=args.mem_len, num_samples=args.num_samples, decoder=args.decoder)
+    settings = from_options(GenerationSettings, args)
     checkpoint = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, revision=args.revision)
     if args.prompt_file is not None:
         try:
@@ -99,6 +85,7 @@ def cmd_bench(args) -> None:
 
 def build_parser() -> Parser:
     from .bench import BenchSettings
+    from .engine import GenerationSettings
     from .evaluate import EvalSettings
     from .train import TrainSettings
 
@@ -111,31 +98,19 @@ def build_parser() -> Parser:
     prompt = gen.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (UTF-8)")
     prompt.add_argument("--prompt-file", help="prompt file, read as raw bytes")
-    gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    gen.add_argument("--top-k", type=int, default=0, help="0 is off")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--min-p", type=float, default=0.0)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, help="default: a random seed, reported with --json")
-    gen.add_argument("--eos", type=int, help="token id that ends generation")
-    gen.add_argument("--stop", action="append", default=[], help="string that ends generation (repeatable)")
-    gen.add_argument("--mem-len", type=int, help="memory length (default: the model's max_mem_len; 0: no memory)")
-    gen.add_argument("--num-samples", type=int, default=1, help="samples in one batch (only the first streams)")
-    gen.add_argument("--decoder", choices=["auto", "fast", "generic", "uncached"], default="auto",
-                     help="auto: the fastest exact path for the model")
+    add_options(gen, GenerationSettings)
     gen.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     gen.add_argument("--json", action="store_true", help="end with one line of JSON: ids, text, segments, timings")
     gen.set_defaults(run=cmd_generate)
 
     train = commands.add_parser("train", help="train a model with XLAutoregressiveWrapper.forward")
-    add_dataclass_options(train, TrainSettings)
+    add_options(train, TrainSettings)
     train.set_defaults(run=cmd_train)
     evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without")
-    add_dataclass_options(evaluate, EvalSettings)
+    add_options(evaluate, EvalSettings)
     evaluate.set_defaults(run=cmd_eval)
     bench = commands.add_parser("bench", help="xldemo against XLAutoregressiveWrapper.generate, side by side")
-    add_dataclass_options(bench, BenchSettings)
+    add_options(bench, BenchSettings)
     bench.set_defaults(run=cmd_bench)
     return parser
 

@@ -1,26 +1,34 @@
 """Decoders of the current segment: a KV-cached step at a time, and the memory a finished segment leaves."""
 
 import weakref
+from typing import Protocol
 
 import torch
 from x_transformers import TransformerWrapper
 
 from .errors import XLDemoError
 from .fast import FastDecoder
+from .memory import Memory, memory_after
 
 
-def next_memory(mems, hiddens, mem_len: int, shift_mem_down: int = 0):
-    """The memory a segment leaves for the next one: per attention layer, the last mem_len of the previous
-    memory followed by the segment's own layer inputs, as TransformerWrapper(return_mems=True) builds it
-    (including its shift_mem_down rotation of the memory it was given). mem_len 0 is no memory."""
-    if mem_len == 0:
-        return None
-    if mems is None:
-        joined = hiddens
-    else:
-        rotated = mems[shift_mem_down:] + mems[:shift_mem_down]
-        joined = [torch.cat((m, h), dim=-2) for m, h in zip(rotated, hiddens)]
-    return [t[..., -mem_len:, :] for t in joined]  # (b, <= mem_len, d) each
+class Decoder(Protocol):
+    """What the engine asks of a decoding path: open a segment, append tokens one at a time, and hand over what
+    the next segment's memory is made of."""
+
+    name: str  # reported in Started
+    mems: Memory  # the memory the current segment was opened with
+
+    def start(self, tokens: torch.Tensor, mems: Memory) -> torch.Tensor:
+        """Opens a segment with its first tokens (b, n) and the memory before it; returns the last logits (b, v)."""
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Appends one token per row (b,) to the segment; returns its logits (b, v)."""
+
+    def segment_hiddens(self) -> list[torch.Tensor]:
+        """Per attention layer, the inputs of every token of the segment so far: (b, n, d)."""
+
+    def memory_tokens(self) -> int:
+        """Hidden states per layer in the current segment's memory."""
 
 
 class GenericDecoder:
@@ -98,8 +106,7 @@ def _probe_kv_cache(net: TransformerWrapper) -> str | None:
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, net.num_tokens, (1, net.max_seq_len + min(net.max_seq_len, 6)), generator=generator)
     first, rest = tokens[:, :net.max_seq_len], tokens[:, net.max_seq_len:]
-    _, inter = net(first, return_embeddings=True, return_intermediates=True)
-    mems = next_memory(None, inter.hiddens, net.max_mem_len, net.shift_mem_down)
+    mems = memory_after(net, first, net.max_mem_len)
     expected = net(rest, mems=mems)[0]  # (n, v)
     try:
         decoder = GenericDecoder(net)
@@ -112,7 +119,7 @@ def _probe_kv_cache(net: TransformerWrapper) -> str | None:
     return None
 
 
-def make_decoder(net: TransformerWrapper, choice: str = "auto"):
+def make_decoder(net: TransformerWrapper, choice: str = "auto") -> Decoder:
     """auto: the fast decoder where it supports net's configuration, else x-transformers' own modules with their
     KV cache where that cache is exact, else without it. Naming a decoder that cannot be exact for net raises
     XLDemoError saying why."""

@@ -10,25 +10,28 @@ from typing import Iterator
 import torch
 
 from .checkpoint import Checkpoint
-from .decoders import DECODERS, make_decoder, next_memory
+from .decoders import DECODERS, Decoder, make_decoder
 from .errors import XLDemoError
+from .memory import next_memory, warm_up_memory
+from .options import setting
 from .sampling import choose_tokens
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    max_new_tokens: int = 256
-    temperature: float = 1.0  # 0 is greedy
-    top_k: int = 0  # 0 is off
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None  # None draws one, reported in Started
-    eos_id: int | None = None
-    stop: tuple[str, ...] = ()
-    mem_len: int | None = None  # None is the model's max_mem_len, 0 is no memory
-    num_samples: int = 1
-    decoder: str = "auto"  # auto | fast | generic | uncached
+    max_new_tokens: int = setting(256, "tokens to generate at most")
+    temperature: float = setting(1.0, "sampling temperature; 0 is greedy")
+    top_k: int = setting(0, "keep the k most likely tokens; 0 is off")
+    top_p: float = setting(1.0, "keep the most likely tokens up to this probability (nucleus); 1 is off")
+    min_p: float = setting(0.0, "drop tokens below this fraction of the most likely one's probability; 0 is off")
+    repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already seen; 1 is off")
+    seed: int | None = setting(None, "random seed (default: drawn, and reported in Started and the JSON)")
+    eos_id: int | None = setting(None, "token id that ends generation", flag="--eos", metavar="ID")
+    stop: tuple[str, ...] = setting((), "string that ends generation (repeatable)", metavar="STR")
+    mem_len: int | None = setting(None, "memory length (default: the model's max_mem_len; 0: no memory)")
+    num_samples: int = setting(1, "samples decoded as one batch (only the first streams)")
+    decoder: str = setting("auto", "decoding path; auto: the fastest exact path for the model",
+                           choices=("auto", *DECODERS))
 
     def __post_init__(self):
         def bad(name, rule):
@@ -136,11 +139,10 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
     # warm up: every prompt segment before the one holding the prompt's last token, one forward each
     current = (length - 1) // seg_len
     mems = None
+    warm_up = warm_up_memory(net, prompt[:, :current * seg_len], mem_len)
     for index in range(current):
         yield SegmentStarted(index, index * seg_len, "prompt")
-        _, inter = net(prompt[:, index * seg_len:(index + 1) * seg_len], mems=mems,
-                       return_embeddings=True, return_intermediates=True)
-        mems = next_memory(mems, inter.hiddens, mem_len, net.shift_mem_down)
+        mems = next(warm_up)
         yield WarmupProgress(index + 1, current)
     warmup_s = time.perf_counter() - started
 
@@ -201,7 +203,7 @@ def segment_table(prompt_len: int, total_len: int, seg_len: int) -> list[dict]:
     return table
 
 
-def _feed(decoder, net, chosen: torch.Tensor, position: int, seg_len: int, mem_len: int) -> torch.Tensor:
+def _feed(decoder: Decoder, net, chosen: torch.Tensor, position: int, seg_len: int, mem_len: int) -> torch.Tensor:
     """Runs the token just chosen for `position`; a token that opens a segment starts it with the memory the
     finished segment leaves, exactly as the teacher-forced pass builds it."""
     if position % seg_len == 0:

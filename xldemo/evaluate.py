@@ -9,6 +9,7 @@ import torch
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import DEFAULT_CACHE, prepare, test_texts
 from .errors import XLDemoError
+from .options import setting
 from .teacher import bits_per_token
 
 # result key -> the memory argument of the teacher-forced pass, and how tables and plots name it
@@ -18,10 +19,11 @@ TABLE_ROWS = 8  # the by-position table groups a segment's positions into this m
 
 @dataclass(frozen=True)
 class EvalSettings:
-    checkpoint: str = str(DEFAULT_CHECKPOINT)
-    bytes: int = 24 * 1024  # from the start of each test edition: the size the quality bar is measured on
-    out: str = "artifacts/eval"
-    data: str = str(DEFAULT_CACHE)
+    checkpoint: str = setting(str(DEFAULT_CHECKPOINT), "checkpoint folder or Hub repo id")
+    # the size the quality bar is measured on
+    bytes: int = setting(24 * 1024, "bytes scored from the start of each test edition")
+    out: str = setting("artifacts/eval", "folder for eval.json, eval.md and eval.png")
+    data: str = setting(str(DEFAULT_CACHE), "data cache folder (fetched once)")
 
 
 @torch.no_grad()

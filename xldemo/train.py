@@ -12,9 +12,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from x_transformers import XLAutoregressiveWrapper
 
-from .checkpoint import build_model, save_checkpoint
+from .checkpoint import build_model, read_config, save_checkpoint
 from .data import DEFAULT_CACHE, load_split, prepare
 from .errors import XLDemoError
+from .options import setting
 from .teacher import bits_per_token
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -22,23 +23,26 @@ MODEL_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 @dataclass(frozen=True)
 class TrainSettings:
-    model_config: str = str(MODEL_CONFIGS / "shakespeare-xl.json")
-    out: str = "runs/shakespeare-xl"
-    data: str = str(DEFAULT_CACHE)
-    steps: int = 1200
-    batch_size: int = 8
-    segments: int = 4  # each sample spans this many segments, so that memory is learned
-    lr: float = 1.5e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int = 100
-    eval_bytes: int = 16384
-    save_every: int = 50
-    seed: int = 0
-    bf16: str = "auto"  # auto: on GPUs, and on CPUs with AMX (1.74x fp32 here); without AMX bf16 is far slower
-    storage_dtype: str = "float32"
+    model_config: str = setting(str(MODEL_CONFIGS / "shakespeare-xl.json"), "config.json of the model to train",
+                                metavar="PATH")
+    out: str = setting("runs/shakespeare-xl", "run folder: resumable state, then the checkpoint in OUT/model")
+    data: str = setting(str(DEFAULT_CACHE), "data cache folder (fetched once)")
+    steps: int = setting(1200, "optimizer steps in all, counting those of a resumed run")
+    batch_size: int = setting(8, "samples per step (per process under torchrun)")
+    segments: int = setting(4, "segments per sample, so that memory is learned across boundaries")
+    lr: float = setting(1.5e-3, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, "the cosine decay ends at lr times this")
+    warmup_steps: int = setting(100, "steps of linear learning-rate warm-up")
+    weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
+    grad_clip: float = setting(1.0, "gradient norm clip")
+    eval_every: int = setting(100, "steps between validation scores")
+    eval_bytes: int = setting(16384, "validation bytes scored each time")
+    save_every: int = setting(50, "steps between saved states")
+    seed: int = setting(0, "seed of the weights and of every batch")
+    # bf16 pays on GPUs and on CPUs with AMX (1.74x fp32 here); without AMX it is far slower
+    bf16: str = setting("auto", "bf16 autocast: auto (GPUs and AMX CPUs), on or off", choices=("auto", "on", "off"))
+    storage_dtype: str = setting("float32", "dtype of the saved checkpoint",
+                                 choices=("float32", "float16", "bfloat16"))
 
 
 def cpu_has_amx() -> bool:
@@ -83,7 +87,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     use_bf16 = s.bf16 == "on" or (s.bf16 == "auto" and (device.type == "cuda" or cpu_has_amx()))
     torch.manual_seed(s.seed)
 
-    config = json.loads(Path(s.model_config).read_text())
+    config = read_config(s.model_config)
     model = build_model(config).to(device)
     wrapper = XLAutoregressiveWrapper(model)
     trainer = torch.nn.parallel.DistributedDataParallel(wrapper) if world > 1 else wrapper

@@ -1,0 +1,1 @@
+"""The Gradio app: input specs, the view of a run, handlers, and the page that holds them."""
