@@ -9,11 +9,9 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from test_app import folder, url, watch_runs  # noqa: F401  (fixtures: a tiny checkpoint, the app serving it)
+from conftest import watch_runs
+from xldemo.web.local import CHROMIUM, CHROMIUM_FLAGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 TRICKY = "<b>not bold</b> ${value} {{value}} & "  # must show as typed: no markup, no template expansion
@@ -25,7 +23,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Ch
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
 
@@ -36,7 +34,7 @@ def runs(monkeypatch):
     return watch_runs(monkeypatch, seconds_per_step=0.005)
 
 
-def open_page(browser, url, width, height, hosts):  # noqa: F811
+def open_page(browser, url, width, height, hosts):
     page = browser.new_page(viewport={"width": width, "height": height})
     page.on("request", lambda request: hosts.append(urlsplit(request.url)))
     page.goto(url)
@@ -64,9 +62,9 @@ def generated_length(page) -> int:
                          ".reduce((n, e) => n + e.textContent.length, 0)")
 
 
-def test_generate_streams_labelled_segments_and_stop_stops(browser, url, runs):  # noqa: F811
+def test_generate_streams_labelled_segments_and_stop_stops(browser, app_url, runs):
     requests = []
-    page = open_page(browser, url, 1366, 900, requests)
+    page = open_page(browser, app_url, 1366, 900, requests)
     prompt = page.locator("#prompt textarea")
     prompt.fill("")
     prompt.press_sequentially("ALONSO, King of Naples\n" + TRICKY, delay=5)
@@ -113,9 +111,9 @@ def test_generate_streams_labelled_segments_and_stop_stops(browser, url, runs): 
     assert {u.hostname for u in requests if u.scheme in ("http", "https", "ws", "wss")} <= LOOPBACK
 
 
-def test_the_page_fits_a_phone(browser, url, tmp_path):  # noqa: F811
+def test_the_page_fits_a_phone(browser, app_url, tmp_path):
     requests = []
-    page = open_page(browser, url, 390, 844, requests)
+    page = open_page(browser, app_url, 390, 844, requests)
     top = {name: page.locator(selector).first.bounding_box()["y"]
            for name, selector in (("prompt", "#prompt"), ("generate", "#generate"), ("settings", ".xl-settings"))}
     assert top["prompt"] < top["generate"] < top["settings"], top  # Generate before the settings, not below them

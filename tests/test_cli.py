@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import tiny_checkpoint, tiny_config
+from xldemo import engine
 from xldemo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from xldemo.cli import main
 from xldemo.teacher import teacher_forced_logits
@@ -31,8 +33,10 @@ def generate_json(capsys, *args) -> tuple[str, dict]:
     return "\n".join(streamed), json.loads(last)
 
 
-def test_json_line_is_exact_and_complete(folder, capsys):
+def test_json_line_is_exact_and_complete(folder, capsys, monkeypatch):
     prompt = "To be, or not to be"  # 19 bytes: the third segment holds the end of the prompt
+    ticks = iter(range(1000))  # the engine's clock, one second a reading
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     streamed, result = generate_json(capsys, "--checkpoint", folder, "--prompt", prompt,
                                      "--max-new-tokens", 3 * L, "--temperature", 0)
     ids = result["token_ids"]
@@ -50,8 +54,8 @@ def test_json_line_is_exact_and_complete(folder, capsys):
         {"index": 5, "start": 40, "prompt_tokens": 0, "generated_tokens": 3},
     ]
     assert result["reason"] == "length" and result["mem_len"] == 5 and result["memory_tokens"] == 5
-    for key in ("warmup_s", "time_to_first_token_s", "decode_tokens_per_s"):
-        assert result[key] > 0
+    # read at the start (0), after the warm-up (1), then once per token (2 for the first, 25 for the 24th)
+    assert (result["warmup_s"], result["time_to_first_token_s"], result["decode_tokens_per_s"]) == (1.0, 2.0, 1.0)
 
 
 def test_prompt_file_is_raw_bytes(folder, tmp_path, capsys):

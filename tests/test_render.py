@@ -2,22 +2,13 @@
 
 import math
 import re
+from dataclasses import replace
 
-from xldemo import render
+from conftest import labels, visible_text
+from xldemo.engine import Finished, Started
+from xldemo.web import render
 from xldemo.examples import load_examples
 from xldemo.tokenizer import ByteTokenizer
-
-
-def visible_text(html: str) -> str:
-    """The text a browser shows, labels and fold lines left out."""
-    html = re.sub(r'<span class="xl-(label|fold)[^"]*"[^>]*>[^<]*</span>', "", html)
-    text = re.sub(r"<[^>]+>", "", html)
-    return (text.replace("&#36;", "$").replace("&#123;", "{").replace("&#125;", "}").replace("&lt;", "<")
-            .replace("&gt;", ">").replace("&quot;", '"').replace("&#x27;", "'").replace("&amp;", "&"))
-
-
-def labels(html: str) -> list[int]:
-    return [int(n) for n in re.findall(r'data-segment="(\d+)">segment \d+<', html)]
 
 
 def test_escape_leaves_no_markup_or_template_syntax():
@@ -97,22 +88,17 @@ def test_surprisal_summary_reports_what_memory_saves():
 
 
 def test_stats_line_escapes_and_shows_rates():
-    class Finished:
-        segments, memory_tokens, warmup_s, time_to_first_token_s, decode_tokens_per_s, reason = 3, 16, 0.5, 0.75, \
-            123.45, "length"
-        token_ids = ((1, 2, 3, 4),)
-
-    class Started:
-        seed = 7
-
-    html = render.stats_line(render.generation_stats(Finished, Started))
+    finished = Finished(reasons=("length",), token_ids=((1, 2, 3, 4),), texts=("abcd",), warmup_s=0.5,
+                        time_to_first_token_s=0.75, decode_tokens_per_s=123.45, segments=3, memory_tokens=16)
+    started = Started(decoder="fast", prompt_tokens=20, segment_len=8, mem_len=16, seed=7)
+    html = render.stats_line(render.generation_stats(finished, started))
     for chip in ("<b>4</b> new tokens", "<b>3</b> segments", "<b>16</b> tokens in memory per layer",
                  "<b>0.50 s</b> memory warm-up",
                  "<b>0.75 s</b> to first token", "<b>123.5</b> tokens/s", "<b>7</b> seed",
                  "<b>max new tokens</b> reached"):
         assert chip in html
-    Finished.decode_tokens_per_s = math.nan
-    assert "<b>–</b> tokens/s" in render.stats_line(render.generation_stats(Finished, Started))
+    unknown_rate = replace(finished, decode_tokens_per_s=math.nan)
+    assert "<b>–</b> tokens/s" in render.stats_line(render.generation_stats(unknown_rate, started))
     assert "&lt;b&gt;" in render.stats_line([("<b>", "x")])
 
 

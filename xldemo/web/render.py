@@ -3,6 +3,7 @@
 import html
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def escape(text: str) -> str:
@@ -208,50 +209,5 @@ def _rate(per_s: float) -> str:
     return "–" if math.isnan(per_s) else f"{per_s:.1f}"
 
 
-# styles for everything above, scoped to each gr.HTML by its css_template; theme variables keep dark mode readable
-CSS = """
-.xl-view { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 0.9rem;
-  line-height: 1.65; color: var(--body-text-color); min-height: 8rem; max-height: 36rem; overflow-y: auto; }
-.xl-view:empty::before { content: attr(data-empty); color: var(--body-text-color-subdued); font-family: var(--font); }
-.xl-s0 { background: rgba(59, 130, 246, 0.10); }
-.xl-s1 { background: rgba(245, 158, 11, 0.13); }
-.xl-label { display: inline-block; margin: 0 0.3em 0 0.15em; padding: 0 0.45em; border-radius: 999px;
-  font-family: var(--font); font-size: 0.68rem; font-weight: 600; line-height: 1.5; letter-spacing: 0.02em;
-  vertical-align: 0.1em; white-space: nowrap; user-select: none; }
-.xl-label.xl-s0 { background: rgba(59, 130, 246, 0.85); color: #fff; }
-.xl-label.xl-s1 { background: rgba(217, 119, 6, 0.9); color: #fff; }
-.xl-prompt { color: var(--body-text-color); opacity: 0.62; }
-.xl-generated { color: var(--body-text-color); font-weight: 600; text-decoration: underline;
-  text-decoration-color: rgba(16, 185, 129, 0.8); text-decoration-thickness: 2px; text-underline-offset: 3px; }
-.xl-fold { display: block; margin-bottom: 0.4rem; padding: 0.2rem 0.5rem;
-  border: 1px dashed var(--border-color-primary); border-radius: var(--radius-md); font-family: var(--font);
-  font-size: 0.8rem; color: var(--body-text-color-subdued); }
-.xl-stats { display: flex; flex-wrap: wrap; gap: 0.35rem 0.5rem; align-items: center; font-size: 0.85rem;
-  color: var(--body-text-color-subdued); min-height: 1.8rem; }
-.xl-stat { padding: 0.1rem 0.55rem; border-radius: 999px; background: var(--background-fill-secondary);
-  border: 1px solid var(--border-color-primary); white-space: nowrap; }
-.xl-stat b { color: var(--body-text-color); font-variant-numeric: tabular-nums; }
-.xl-note { font-style: italic; }
-.xl-bar { flex: 1 1 8rem; max-width: 16rem; height: 0.5rem; border-radius: 999px; overflow: hidden;
-  background: var(--background-fill-secondary); border: 1px solid var(--border-color-primary); }
-.xl-bar span { display: block; height: 100%; background: rgba(59, 130, 246, 0.85); }
-.xl-legend { display: flex; flex-wrap: wrap; gap: 0.25rem; align-items: center; font-size: 0.78rem;
-  color: var(--body-text-color-subdued); margin: 0.25rem 0; }
-.xl-legend span { padding: 0 0.4rem; border-radius: 4px; color: var(--body-text-color); }
-.xl-bna, .xl-dna { color: var(--body-text-color-subdued); }
-.xl-b0 { background: rgba(239, 68, 68, 0.00); }
-.xl-b1 { background: rgba(239, 68, 68, 0.08); }
-.xl-b2 { background: rgba(239, 68, 68, 0.16); }
-.xl-b3 { background: rgba(239, 68, 68, 0.26); }
-.xl-b4 { background: rgba(239, 68, 68, 0.38); }
-.xl-b5 { background: rgba(239, 68, 68, 0.52); }
-.xl-b6 { background: rgba(239, 68, 68, 0.68); }
-.xl-b7 { background: rgba(220, 38, 38, 0.85); color: #fff; }
-.xl-d0 { background: rgba(239, 68, 68, 0.45); }
-.xl-d1 { background: rgba(239, 68, 68, 0.18); }
-.xl-d2 { background: transparent; }
-.xl-d3 { background: rgba(16, 185, 129, 0.16); }
-.xl-d4 { background: rgba(16, 185, 129, 0.32); }
-.xl-d5 { background: rgba(16, 185, 129, 0.52); }
-.xl-d6 { background: rgba(5, 150, 105, 0.8); color: #fff; }
-"""
+# styles for everything above, scoped to each gr.HTML by its css_template
+CSS = (Path(__file__).resolve().parent / "assets" / "view.css").read_text()

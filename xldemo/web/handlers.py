@@ -1,0 +1,144 @@
+"""The app's event handlers: generators that yield the growing outputs, with every engine or input error turned
+into a gr.Error in one place."""
+
+import functools
+import inspect
+from dataclasses import dataclass, replace
+
+import gradio as gr
+
+from ..engine import GenerationSettings
+from ..errors import XLDemoError
+from ..checkpoint import Checkpoint
+from ..surprisal import surprisal_bits
+from . import render
+from .inputs import DEFAULTS, INPUTS, SURPRISAL_BYTES, check_prompt, read_upload, settings_from_inputs
+from .sources import cached_checkpoint, checkpoint_source, model_chips
+from .view import Run, Throttle, compare_status, surprisal_views
+
+
+class UserError(gr.Error):
+    """A bad input, told to the user: not a server fault, so no traceback in the log."""
+
+    def __init__(self, message: str):
+        super().__init__(message, print_exception=False)
+
+
+def told_to_the_user(handler):
+    """handler with XLDemoError (a bad input, or a checkpoint the engine refuses) shown as a UserError."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def streaming(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except XLDemoError as e:
+                raise UserError(str(e)) from None
+        return streaming
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except XLDemoError as e:
+            raise UserError(str(e)) from None
+    return plain
+
+
+def of_inputs(handler):
+    """handler(inputs: dict), exposed to gradio as a function of INPUTS in order, each but the prompt defaulted:
+    gradio reads the API's parameter names and defaults from this signature."""
+    @functools.wraps(handler)
+    def call(*values):
+        yield from handler(dict(zip(INPUTS, values)))
+
+    call.__signature__ = inspect.Signature([
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=DEFAULTS.get(name, inspect.Parameter.empty)) for name in INPUTS])
+    del call.__wrapped__  # else inspect.signature would follow it back to handler's
+    return call
+
+
+@dataclass(frozen=True)
+class Handlers:
+    default_checkpoint: str
+
+    def load(self, name) -> Checkpoint:
+        return cached_checkpoint(checkpoint_source(name or self.default_checkpoint, self.default_checkpoint))
+
+    def prepare(self, inputs: dict) -> tuple[Checkpoint, list[int], GenerationSettings]:
+        prompt = check_prompt(inputs["prompt"])
+        model = self.load(inputs["checkpoint"])
+        return model, model.tokenizer.encode(prompt), settings_from_inputs(inputs)
+
+    @told_to_the_user
+    def generate(self, inputs: dict):
+        """Streams (text HTML, stats HTML) as the model writes."""
+        model, ids, settings = self.prepare(inputs)
+        runs, throttle = [], Throttle()
+        try:
+            runs.append(run := Run(model, ids, settings))
+            while event := run.step():
+                if throttle.due(force=run.due_now(event)):
+                    run.new_segment = False
+                    yield run.view.html(), run.status()
+        finally:
+            for run in runs:
+                run.close()
+
+    @told_to_the_user
+    def compare(self, inputs: dict):
+        """Streams (memory-on HTML, memory-off HTML, stats HTML): two runs with one seed, token by token; a
+        memory length of 0 compares the checkpoint's own with none."""
+        model, ids, on = self.prepare({**inputs, "mem_len": inputs["mem_len"] or None})
+        on = replace(on, mem_len=model.max_mem_len if on.mem_len is None else on.mem_len)
+        off = replace(on, mem_len=0)
+        runs, throttle = [], Throttle()
+        try:
+            runs += [Run(model, ids, on, live_rate=False), Run(model, ids, off, live_rate=False)]
+            alive = [True, True]
+            while any(alive):
+                events = [run.step() if alive[i] else None for i, run in enumerate(runs)]
+                alive = [event is not None for event in events]
+                if throttle.due(force=any(run.due_now(e) for run, e in zip(runs, events) if e) or not any(alive)):
+                    for run in runs:
+                        run.new_segment = False
+                    yield runs[0].view.html(), runs[1].view.html(), compare_status(*runs, on)
+        finally:
+            for run in runs:
+                run.close()
+
+    @told_to_the_user
+    def surprisal(self, prompt, checkpoint=None):
+        """Streams (summary HTML, memory-on HTML, memory-off HTML, bits-saved HTML): the prompt's bytes coloured
+        by the bits the model spends on them, with memory and without, and by the difference."""
+        prompt = check_prompt(prompt)
+        model = self.load(checkpoint)
+        all_ids = model.tokenizer.encode(prompt)
+        ids = all_ids[:SURPRISAL_BYTES]
+        if len(ids) < 2:
+            raise XLDemoError("The prompt needs at least two bytes to score.")
+        yield render.live_line([], f"scoring {len(ids):,} bytes with memory…"), "", "", ""
+        bits_on = surprisal_bits(model, ids, memory=True)
+        yield render.live_line([], f"scoring {len(ids):,} bytes without memory…"), "", "", ""
+        bits_off = surprisal_bits(model, ids, memory=False)
+        yield surprisal_views(model, ids, bits_on, bits_off, len(all_ids))
+
+    def info(self, checkpoint):
+        """(model info HTML, memory slider update) for the chosen checkpoint; a bad choice is told in the info
+        line, not as an error, since it fires as the user types."""
+        try:
+            model = self.load(checkpoint)
+        except XLDemoError as e:
+            return render.message_line(str(e)), gr.update()
+        return render.stats_line(model_chips(model)), gr.update(maximum=model.max_mem_len, value=model.max_mem_len)
+
+    @staticmethod
+    @told_to_the_user
+    def upload(path):
+        """The text of an uploaded .txt file, for the prompt box."""
+        return read_upload(path) if path else gr.update()
+
+
+def stopped(status: str) -> str:
+    """After a run ends, however it ends: a status line still live means it was stopped."""
+    return render.message_line("Stopped.") if render.is_live(status) else gr.skip()

@@ -1,0 +1,117 @@
+"""What a run looks like on the page, as HTML strings: the engine's events folded into segmented text and a status
+line, and how often an update is worth sending. No gradio here."""
+
+import time
+
+from ..checkpoint import Checkpoint
+from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate
+from . import render
+
+PROMPT_SHOWN_BYTES = 32 * 1024  # earlier prompt segments are folded into one line of the view
+UPDATE_EVERY_S = 0.08  # at most this often a streamed update, besides the first token, boundaries and the end
+
+
+class Run:
+    """An engine run and its view: the prompt and generated text by segment, and a status line."""
+
+    def __init__(self, checkpoint: Checkpoint, ids: list[int], settings: GenerationSettings, live_rate: bool = True):
+        self.live_rate = live_rate
+        # the prompt's view is built before the engine starts, so its clock does not count it
+        segments = render.split_segments(ids, checkpoint.max_seq_len, checkpoint.tokenizer.stream_decoder())
+        self.view = render.SegmentedText()
+        render.add_prompt(self.view, segments, PROMPT_SHOWN_BYTES)
+        self.segment = len(segments) - 1
+        self.events = generate(checkpoint, ids, settings)
+        self.started: Started | None = None
+        self.finished: Finished | None = None
+        self.warmup = (0, 0)
+        self.tokens, self.first_token_at = 0, None
+        self.new_segment = False  # a generated segment opened since the last update
+
+    def step(self) -> Started | WarmupProgress | Token | Finished | None:
+        """Runs the engine to its next event worth showing; None once it has ended."""
+        for event in self.events:
+            if isinstance(event, Token):
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                self.tokens += 1
+                self.view.add(event.segment, "generated", event.text)
+                return event
+            if isinstance(event, SegmentStarted):
+                if event.source == "generated":
+                    self.view.open_segment(event.index)
+                    self.segment, self.new_segment = event.index, True
+                continue
+            if isinstance(event, Started):
+                self.started = event
+            elif isinstance(event, WarmupProgress):
+                self.warmup = (event.done, event.total)
+            elif isinstance(event, Finished):
+                self.finished = event
+            return event
+        return None
+
+    def due_now(self, event) -> bool:
+        """Whether an update should go out whatever the throttle says: the prompt at the start, the first
+        token, a new segment, the end."""
+        return (isinstance(event, (Started, Finished)) or (isinstance(event, Token) and self.tokens == 1)
+                or self.new_segment)
+
+    def status(self) -> str:
+        if self.finished:
+            chips = render.generation_stats(self.finished, self.started)
+            if not self.live_rate:  # interleaved runs share the clock, so their rates say little
+                chips = [c for c in chips if c[1] not in ("tokens/s", "to first token")]
+            return render.stats_line(chips)
+        if self.first_token_at is None:
+            done, total = self.warmup
+            if total:
+                return render.progress_line("warming up memory: prompt segment", done, total)
+            return render.live_line([], "reading the prompt…")
+        chips = [(f"{self.tokens}", "new tokens"), (f"segment {self.segment}", "")]
+        elapsed = time.perf_counter() - self.first_token_at
+        if self.live_rate and self.tokens > 1 and elapsed > 0:
+            chips.append((f"{(self.tokens - 1) / elapsed:.1f}", "tokens/s"))
+        return render.live_line(chips, "generating…")
+
+    def close(self) -> None:
+        self.events.close()
+
+
+def compare_status(on: Run, off: Run, settings: GenerationSettings) -> str:
+    """The status line of a memory-on run and a memory-off run that take turns."""
+    note = f"same seed {settings.seed}; memory {settings.mem_len} vs 0 tokens per layer; the runs take turns"
+    if on.finished and off.finished:
+        return render.stats_line([(f"{on.finished.segments}", "segments"),
+                                  (f"{on.finished.memory_tokens}", "memory tokens with memory on"),
+                                  (f"{off.finished.memory_tokens}", "off")], note)
+    if on.first_token_at is None:
+        return on.status()  # reading the prompt, warming memory up
+    return render.live_line([(f"{on.tokens}", "tokens each")], note)
+
+
+class Throttle:
+    """Says when a streamed update is due: at most every `every` seconds, unless forced."""
+
+    def __init__(self, every: float = UPDATE_EVERY_S, clock=time.perf_counter):
+        self.every, self.clock, self.last = every, clock, None
+
+    def due(self, force: bool = False) -> bool:
+        now = self.clock()
+        if force or self.last is None or now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
+
+
+def surprisal_views(checkpoint: Checkpoint, ids: list[int], bits_on: list[float], bits_off: list[float],
+                    prompt_tokens: int) -> tuple[str, str, str, str]:
+    """(summary with legends, memory-on view, memory-off view, bits-saved view) of scored ids."""
+    seg_len = checkpoint.max_seq_len
+    saved = [off - on for on, off in zip(bits_on, bits_off)]
+    views = [render.coloured_html(render.byte_pieces(ids, values, seg_len, checkpoint.tokenizer.stream_decoder()),
+                                  scale)
+             for values, scale in ((bits_on, render.SURPRISAL), (bits_off, render.SURPRISAL),
+                                   (saved, render.SAVING))]
+    summary = render.surprisal_summary(bits_on, bits_off, seg_len, len(ids), prompt_tokens)
+    return summary + render.SURPRISAL.legend() + render.SAVING.legend(), *views
