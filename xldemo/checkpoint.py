@@ -1,4 +1,4 @@
-"""Checkpoints: a folder holding config.json and model.safetensors, read from disk or the Hugging Face Hub."""
+"""Checkpoints: config.json, model.safetensors and any tokenizer file in a folder, from disk or the Hugging Face Hub."""
 
 import json
 import re
@@ -9,14 +9,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from x_transformers import Decoder, TransformerWrapper
 
-from .errors import XLDemoError
-from .tokenizer import load_tokenizer
+from .errors import XLDemoError, one_line
+from .tokenizer import ByteTokenizer, Tokenizer, TokenizerJson, VocabTokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, "README.md"]
+# the tokenizer files under the names xldemo writes them; a local folder may name any file of its own
+HUB_FILES = [CONFIG_FILE, WEIGHTS_FILE, "README.md", TokenizerJson.name, VocabTokenizer.name]
 # keys of ours in config.json; every other key is a TransformerWrapper keyword argument
-XLDEMO_KEYS = {"tokenizer": "bytes"}
+XLDEMO_KEYS = {"tokenizer": ByteTokenizer.name}
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_CHECKPOINT = SHIPPED / "shakespeare-xl"
@@ -27,7 +28,7 @@ REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 class Checkpoint:
     model: TransformerWrapper  # fp32, on the CPU, in eval mode
     config: dict
-    tokenizer: object
+    tokenizer: Tokenizer
     source: str
 
     @property
@@ -63,7 +64,7 @@ def build_model(config: dict) -> TransformerWrapper:
     try:
         model = TransformerWrapper(attn_layers=Decoder(**attn_layers), **kwargs)
     except Exception as e:  # x-transformers reports bad arguments as TypeError, AssertionError, ValueError...
-        raise XLDemoError(f"config.json: x-transformers rejects it: {_one_line(e)}") from None
+        raise XLDemoError(f"config.json: x-transformers rejects it: {one_line(e)}") from None
     _check_runs(model)
     return model
 
@@ -77,7 +78,7 @@ def _check_runs(model: TransformerWrapper) -> None:
         _, mems = model(tokens, return_mems=True)
         model(tokens[:, :1], mems=mems)
     except Exception as e:
-        raise XLDemoError(f"config.json: x-transformers builds this model but cannot run it ({_one_line(e)})") from None
+        raise XLDemoError(f"config.json: x-transformers builds this model but cannot run it ({one_line(e)})") from None
 
 
 def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str | None = None,
@@ -85,7 +86,7 @@ def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str
     """A local folder, else a Hugging Face Hub repo id (honouring revision, the cache and HF_HUB_OFFLINE)."""
     folder = resolve(name_or_path, revision, cache_dir)
     config = read_config(folder)
-    tokenizer = load_tokenizer(config.get("tokenizer", XLDEMO_KEYS["tokenizer"]))
+    tokenizer = load_tokenizer(config.get("tokenizer", XLDEMO_KEYS["tokenizer"]), folder, config["num_tokens"])
     model = build_model(config)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
@@ -93,11 +94,11 @@ def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str
     try:
         state = load_file(weights)
     except Exception as e:
-        raise XLDemoError(f"{weights}: not a readable safetensors file ({_one_line(e)})") from None
+        raise XLDemoError(f"{weights}: not a readable safetensors file ({one_line(e)})") from None
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
-        raise XLDemoError(f"{weights}: weights do not fit config.json ({_one_line(e)})") from None
+        raise XLDemoError(f"{weights}: weights do not fit config.json ({one_line(e)})") from None
     return Checkpoint(model.eval(), config, tokenizer, str(name_or_path))
 
 
@@ -114,7 +115,7 @@ def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: st
         return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILES))
     except Exception as e:  # offline, unknown repo or revision, network: all mean "cannot have it"
         raise XLDemoError(f"checkpoint {name!r}: not a local folder, and the Hugging Face Hub "
-                          f"cannot provide it ({type(e).__name__}: {_one_line(e)})") from None
+                          f"cannot provide it ({type(e).__name__}: {one_line(e)})") from None
 
 
 def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path, dtype: str = "float32") -> Path:
@@ -127,7 +128,7 @@ def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path,
     try:  # fail before writing anything that would not load
         build_model(config).load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
-        raise XLDemoError(f"the model does not fit this config ({_one_line(e)})") from None
+        raise XLDemoError(f"the model does not fit this config ({one_line(e)})") from None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
@@ -145,7 +146,7 @@ def read_config(path: str | Path) -> dict:
     try:
         return check_config(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise XLDemoError(f"{path}: not valid JSON ({_one_line(e)})") from None
+        raise XLDemoError(f"{path}: not valid JSON ({one_line(e)})") from None
 
 
 def shipped_checkpoints() -> list[str]:
@@ -159,8 +160,3 @@ def _strip_compile_prefix(key: str) -> str:
 
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split())
-    return text[:300] or type(error).__name__
