@@ -1,11 +1,12 @@
 """xldemo: exact, streaming generation for Transformer-XL style x-transformers models."""
 
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from .details import TokenDetails
 from .engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate,
                      segment_table)
 from .errors import XLDemoError
 from .teacher import bits_per_token, teacher_forced_logits
 
-__all__ = ["Checkpoint", "Finished", "GenerationSettings", "SegmentStarted", "Started", "Token", "WarmupProgress",
-           "XLDemoError", "bits_per_token", "build_model", "generate", "load_checkpoint", "save_checkpoint",
-           "segment_table", "teacher_forced_logits"]
+__all__ = ["Checkpoint", "Finished", "GenerationSettings", "SegmentStarted", "Started", "Token", "TokenDetails",
+           "WarmupProgress", "XLDemoError", "bits_per_token", "build_model", "generate", "load_checkpoint",
+           "save_checkpoint", "segment_table", "teacher_forced_logits"]

@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .decoders import DECODERS, Decoder, make_decoder
+from .details import TokenDetails, token_details
 from .errors import XLDemoError
 from .memory import next_memory, warm_up_memory
 from .options import setting
@@ -32,6 +33,8 @@ class GenerationSettings:
     num_samples: int = setting(1, "samples decoded as one batch (only the first streams)")
     decoder: str = setting("auto", "decoding path; auto: the fastest exact path for the model",
                            choices=("auto", *DECODERS))
+    details: bool = setting(False, "per token, from the pass that produced it: its rank, the 5 likeliest tokens, and "
+                                   "its attention on memory and on the most attended positions")
 
     def __post_init__(self):
         def bad(name, rule):
@@ -61,6 +64,8 @@ class GenerationSettings:
             bad("num_samples", "an integer in [1, 64]")
         if self.decoder not in ("auto", *DECODERS):
             bad("decoder", f"one of auto, {', '.join(DECODERS)}")
+        if not isinstance(self.details, bool):
+            bad("details", "True or False")
 
 
 # events, in the order a run yields them: Started, then SegmentStarted / WarmupProgress / Token, then Finished
@@ -96,6 +101,7 @@ class Token:
     segment: int
     sample: int = 0
     logits: torch.Tensor | None = field(default=None, repr=False, compare=False)  # only with keep_logits
+    details: TokenDetails | None = None  # only with settings.details
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
     mem_len = checkpoint.max_mem_len if settings.mem_len is None else settings.mem_len
     seed = random.SystemRandom().randrange(2**63) if settings.seed is None else settings.seed
     generator = torch.Generator().manual_seed(seed)
-    decoder = make_decoder(net, settings.decoder)
+    decoder = make_decoder(net, settings.decoder, attention=settings.details)
     batch, length = settings.num_samples, prompt.shape[-1]
     yield Started(decoder.name, length, seg_len, mem_len, seed)
     started = time.perf_counter()  # after the yield: a consumer's own work on Started is not ours to time
@@ -159,7 +165,11 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
     position = length
     for step in range(settings.max_new_tokens):
         chosen = choose_tokens(logits, seen, settings, generator)
-        logprobs = logits.float().log_softmax(dim=-1).gather(-1, chosen[:, None]).squeeze(-1)
+        log_probs = logits.float().log_softmax(dim=-1)  # (b, v)
+        logprobs = log_probs.gather(-1, chosen[:, None]).squeeze(-1)
+        # the query at position - 1 produced these logits
+        details = token_details(log_probs, chosen, decoder.attention(), position - 1, decoder.memory_tokens(), seg_len,
+                                net.num_memory_tokens) if settings.details else [None] * batch
         seen[torch.arange(batch), chosen] = True
         if position % seg_len == 0:
             yield SegmentStarted(position // seg_len, position, "generated")
@@ -175,7 +185,7 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
                 tail = streams[s].flush()
                 texts[s], piece = texts[s] + tail, piece + tail
             yield Token(token, piece, float(logprobs[s]), position, position // seg_len, s,
-                        logits[s].clone() if keep_logits else None)
+                        logits[s].clone() if keep_logits else None, details[s])
         last_token_at = time.perf_counter()
         first_token_at = first_token_at or last_token_at
         if all(r is not None for r in reasons):

@@ -125,11 +125,12 @@ class Block:
 class FastDecoder:
     """The decoder interface of decoders.GenericDecoder for the configurations unsupported_reason accepts. Keys,
     values and layer inputs live in buffers allocated once per batch size; the memory's keys and values are carried
-    over from the segment that produced it. Reads net's weights when built: build a new one after changing them."""
+    over from the segment that produced it. Reads net's weights when built: build a new one after changing them.
+    attention=True also keeps the attention probabilities of the last query run, for attention()."""
 
     name = "fast"
 
-    def __init__(self, net: TransformerWrapper):
+    def __init__(self, net: TransformerWrapper, attention: bool = False):
         reason = unsupported_reason(net)
         if reason is not None:
             raise XLDemoError(f"the fast decoder does not support this model: {reason}")
@@ -144,6 +145,7 @@ class FastDecoder:
         self.to_logits = net.to_logits.weight.detach()  # (v, d)
         self.mems, self.hidden = None, None
         self.memory_len = self.length = 0
+        self.keeps_attention, self.probs = attention, None
 
     @torch.inference_mode()
     def start(self, tokens: torch.Tensor, mems) -> torch.Tensor:
@@ -183,10 +185,11 @@ class FastDecoder:
         # this slot's views of every layer's buffers, taken once for all layers
         layers = zip(self.blocks, self.hidden[:, :, p].unbind(0), self.raw_keys[:, :, :, p].unbind(0),
                      self.kv[:, :, :, :, p].unbind(0), self.kv[:, :, 0, :, :p + 1].unbind(0),
-                     self.kv[:, :, 1, :, :p + 1].unbind(0))  # keys, values (b, h, p + 1, dh)
+                     self.kv[:, :, 1, :, :p + 1].unbind(0),  # keys, values (b, h, p + 1, dh)
+                     (None,) * len(self.blocks) if self.probs is None else self.probs[..., :p + 1].unbind(0))
         rotation = None if self.rotary is None else self.rotation[p]  # (r / 2,)
         q, k, kv, qk = self.step_views
-        for block, hidden, raw_keys, slot, keys, values in layers:
+        for block, hidden, raw_keys, slot, keys, values, probs in layers:
             hidden.copy_(x)
             torch.mm(F.layer_norm(x, x.shape[-1:], block.attn_norm), block.qkv, out=self.step_qkv)
             raw_keys.copy_(k)
@@ -194,6 +197,8 @@ class FastDecoder:
                 qk.mul_(rotation)
             slot.copy_(kv)
             out = F.scaled_dot_product_attention(q, keys, values).flatten(1)  # (b, h * dh)
+            if probs is not None:
+                probs.copy_(_attention_probs(q, keys)[:, :, 0])  # (b, h, p + 1)
             x = x + out if block.out is None else torch.addmm(x, out, block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
             x = x + torch.addmm(block.ff_out_bias, F.gelu(torch.addmm(block.ff_in_bias, h, block.ff_in)), block.ff_out)
@@ -206,6 +211,13 @@ class FastDecoder:
 
     def memory_tokens(self) -> int:
         return self.memory_len
+
+    def attention(self) -> torch.Tensor:
+        """The attention probabilities of the last query run, per layer: (layers, b, h, keys), the keys being the
+        memory, then the segment up to that query."""
+        if self.probs is None:
+            raise XLDemoError("the decoder was built without attention=True: it keeps no attention probabilities")
+        return self.probs[..., :self.length].clone()
 
     def _prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Runs ids (b, n) at the next n slots, each attending to the memory and the segment up to itself."""
@@ -228,6 +240,8 @@ class FastDecoder:
             self.kv[i, :, 1, :, begin:end] = v
             out = F.scaled_dot_product_attention(q, self.kv[i, :, 0, :, :end], self.kv[i, :, 1, :, :end],
                                                  attn_mask=mask)  # (b, h, n, dh)
+            if self.probs is not None:  # the last query sees every key: no mask
+                self.probs[i, :, :, :end] = _attention_probs(q[:, :, -1:], self.kv[i, :, 0, :, :end])[:, :, 0]
             out = out.transpose(1, 2).flatten(2)  # (b, n, h * dh)
             x = x + (out if block.out is None else out @ block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
@@ -271,12 +285,19 @@ class FastDecoder:
         self.hidden = self.embed.new_empty(depth, b, slots, d)  # layer inputs: memory, then segment
         self.raw_keys = self.embed.new_empty(depth, b, h, slots, dh)  # before rotary, carried into the next memory
         self.kv = self.embed.new_empty(depth, b, 2, h, slots, dh)  # rotated keys, values
+        self.probs = self.embed.new_empty(depth, b, h, slots) if self.keeps_attention else None  # last query's
         # step() projects into one buffer through fixed views: no per-layer reshaping
         self.step_qkv = self.embed.new_empty(b, 3 * h * dh)
         qkv = self.step_qkv.view(b, 3, h, dh)
         r = 0 if self.rotary is None else 2 * self.rotary.inv_freq.numel()
         self.step_views = (qkv[:, 0, :, None], qkv[:, 1], qkv[:, 1:],  # q (b, h, 1, dh), k (b, h, dh), kv
                            torch.view_as_complex(qkv[:, :2, :, :r].unflatten(-1, (-1, 2))))  # q, k pairs rotated
+
+
+def _attention_probs(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh)) for q (b, h, i, dh) and keys (b, h, j, dh): (b, h, i, j), the weights
+    scaled_dot_product_attention gives the values, which it does not return."""
+    return (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
 
 
 def _rotate(t: torch.Tensor, rotation: torch.Tensor) -> None:

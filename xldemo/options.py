@@ -7,7 +7,8 @@ import typing
 
 
 def setting(default, help: str, **cli):
-    """A dataclass field with its help text; cli holds argparse overrides (flag, choices, action, metavar)."""
+    """A dataclass field with its help text; cli holds argparse overrides (flag, choices, action, metavar). A bool
+    field becomes a switch, off by default."""
     return dataclasses.field(default=default, metadata={"help": help, "cli": cli})
 
 
@@ -19,6 +20,9 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
         flag = cli.pop("flag", "--" + field.name.replace("_", "-"))
         kind = _scalar(hints[field.name])
         help_text = field.metadata.get("help", "")
+        if kind is bool:  # a switch, off unless given
+            parser.add_argument(flag, dest=field.name, action="store_true", help=help_text, **cli)
+            continue
         if field.default not in (None, "", ()) and "default" not in help_text:
             help_text += f" (default: {field.default})"
         if typing.get_origin(hints[field.name]) is tuple:  # a repeatable option
