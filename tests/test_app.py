@@ -215,3 +215,24 @@ def test_importing_xldemo_changes_no_process_state():
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(modules) > 20
+
+
+def test_the_data_endpoint_streams_the_run_as_json_equal_to_the_engine(app_client, app_folder):
+    settings = dict(max_new_tokens=50, temperature=0.9, seed=21, mem_len=16)
+    updates = list(app_client.submit(PROMPT, api_name="/generate_data", **settings))
+    assert len(updates) >= 3 and updates[0]["reason"] is None  # the start, the first token, ..., the end
+    for before, after in zip(updates, updates[1:]):
+        assert after["token_ids"][:len(before["token_ids"])] == before["token_ids"]
+    data = updates[-1]
+    checkpoint = load_checkpoint(app_folder)
+    ids = checkpoint.tokenizer.encode(PROMPT)
+    events = list(generate(checkpoint, ids, GenerationSettings(**{**{n: DEFAULTS[n] for n in SAMPLING}, **settings})))
+    tokens = [e for e in events if hasattr(e, "logprob")]
+    assert data["token_ids"] == [t.id for t in tokens] and data["text"] == events[-1].texts[0]
+    assert data["logprobs"] == pytest.approx([t.logprob for t in tokens], abs=1e-5)
+    assert data["reason"] == "length" and data["seed"] == 21 and data["mem_len"] == 16
+    assert data["prompt_tokens"] == 80 and [s["start"] for s in data["segments"]] == list(range(0, 130, 16))
+    assert sum(s["generated_tokens"] for s in data["segments"]) == 50
+    assert data["decode_tokens_per_s"] > 0 and data["warmup_s"] <= data["time_to_first_token_s"]
+    with pytest.raises(AppError, match="greater than maximum value 4096"):
+        app_client.submit(PROMPT, api_name="/generate_data", max_new_tokens=5000).result(timeout=60)

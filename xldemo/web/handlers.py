@@ -73,16 +73,25 @@ class Handlers:
     @told_to_the_user
     def generate(self, inputs: dict):
         """Streams (text HTML, stats HTML) as the model writes."""
+        yield from self._stream(inputs, lambda run: (run.view.html(), run.status()))
+
+    @told_to_the_user
+    def generate_data(self, inputs: dict):
+        """Streams the run as data (Run.data): text, token ids, log-probabilities, segments, timings, reason."""
+        yield from self._stream(inputs, Run.data)
+
+    def _stream(self, inputs: dict, show):
+        """show(run) after each event worth an update, as often as the throttle lets through."""
         model, ids, settings = self.prepare(inputs)
-        runs, throttle = [], Throttle()
+        run, throttle = None, Throttle()
         try:
-            runs.append(run := Run(model, ids, settings))
+            run = Run(model, ids, settings)
             while event := run.step():
                 if throttle.due(force=run.due_now(event)):
                     run.new_segment = False
-                    yield run.view.html(), run.status()
+                    yield show(run)
         finally:
-            for run in runs:
+            if run is not None:
                 run.close()
 
     @told_to_the_user

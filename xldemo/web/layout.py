@@ -104,6 +104,9 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                                       **run)
         comparing = compare_button.click(of_inputs(handlers.compare), inputs, [memory_on, memory_off, compare_stats],
                                          api_name="compare", **run)
+        # the same run as data, for API clients: a control the page does not show
+        gr.Button(visible=False).click(of_inputs(handlers.generate_data), inputs, gr.JSON(visible=False),
+                                       api_name="generate_data", **run)
         scoring = score_button.click(handlers.surprisal, [prompt, checkpoint],
                                      [summary, surprisal_on, surprisal_off, surprisal_saved], api_name="surprisal",
                                      **run)

@@ -1,10 +1,12 @@
 """What a run looks like on the page, as HTML strings: the engine's events folded into segmented text and a status
 line, and how often an update is worth sending. No gradio here."""
 
+import math
 import time
 
 from ..checkpoint import Checkpoint
-from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate
+from ..engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate,
+                      segment_table)
 from . import render
 
 PROMPT_SHOWN_BYTES = 32 * 1024  # earlier prompt segments are folded into one line of the view
@@ -21,6 +23,10 @@ class Run:
         self.view = render.SegmentedText()
         render.add_prompt(self.view, segments, PROMPT_SHOWN_BYTES)
         self.segment = len(segments) - 1
+        self.prompt_tokens, self.seg_len = len(ids), checkpoint.max_seq_len
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.text = ""
         self.events = generate(checkpoint, ids, settings)
         self.started: Started | None = None
         self.finished: Finished | None = None
@@ -36,6 +42,9 @@ class Run:
                     self.first_token_at = time.perf_counter()
                 self.tokens += 1
                 self.view.add(event.segment, "generated", event.text)
+                self.token_ids.append(event.id)
+                self.logprobs.append(event.logprob)
+                self.text += event.text
                 return event
             if isinstance(event, SegmentStarted):
                 if event.source == "generated":
@@ -73,6 +82,20 @@ class Run:
         if self.live_rate and self.tokens > 1 and elapsed > 0:
             chips.append((f"{(self.tokens - 1) / elapsed:.1f}", "tokens/s"))
         return render.live_line(chips, "generating…")
+
+    def data(self) -> dict:
+        """The run so far as JSON-ready data, named as in the CLI's --json line; timings and the reason stay None
+        until the end."""
+        finished, started = self.finished, self.started
+        return {"text": self.text, "token_ids": list(self.token_ids), "logprobs": list(self.logprobs),
+                "segments": segment_table(self.prompt_tokens, self.prompt_tokens + len(self.token_ids), self.seg_len),
+                "prompt_tokens": self.prompt_tokens,
+                "seed": started and started.seed, "mem_len": started and started.mem_len,
+                "decoder": started and started.decoder,
+                "reason": finished and finished.reason,
+                "warmup_s": finished and finished.warmup_s,
+                "time_to_first_token_s": finished and finished.time_to_first_token_s,
+                "decode_tokens_per_s": finished and _finite(finished.decode_tokens_per_s)}
 
     def close(self) -> None:
         self.events.close()
@@ -115,3 +138,8 @@ def surprisal_views(checkpoint: Checkpoint, ids: list[int], bits_on: list[float]
                                    (saved, render.SAVING))]
     summary = render.surprisal_summary(bits_on, bits_off, seg_len, len(ids), prompt_tokens)
     return summary + render.SURPRISAL.legend() + render.SAVING.legend(), *views
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a rate that cannot be measured (one token) is null."""
+    return value if math.isfinite(value) else None
