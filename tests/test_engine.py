@@ -9,6 +9,7 @@ from xldemo.checkpoint import Checkpoint, build_model
 from xldemo.engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate
 from xldemo.errors import XLDemoError
 from xldemo.teacher import teacher_forced_logits
+from xldemo.tokenizer import ByteTokenizer
 
 L = 8  # max_seq_len of the tiny models
 CONFIGS = {
@@ -179,6 +180,19 @@ def test_eos_ends_generation_with_the_eos_token():
     assert events[-1].reason == "eos"
     assert [t.id for t in tokens] == greedy[:stop_at + 1]
     assert tokens[-1].text == ""
+
+
+def test_the_tokenizers_end_token_is_the_default_eos():
+    checkpoint = tiny_checkpoint()
+    prompt = random_prompt(5)
+    greedy = [t.id for t in run(checkpoint, prompt, max_new_tokens=10, temperature=0)[1]]
+    tokenizer = ByteTokenizer()
+    tokenizer.eos_id = greedy[3]  # as a tokenizer.json naming "<|endoftext|>" would
+    named = Checkpoint(checkpoint.model, checkpoint.config, tokenizer, "")
+    events, tokens = run(named, prompt, max_new_tokens=10, temperature=0)
+    assert events[-1].reason == "eos" and [t.id for t in tokens] == greedy[:greedy.index(greedy[3]) + 1]
+    other = next(t for t in range(256) if t not in greedy)  # an explicit eos_id wins over the tokenizer's
+    assert [t.id for t in run(named, prompt, max_new_tokens=10, temperature=0, eos_id=other)[1]] == greedy
 
 
 def test_stop_string_ends_generation_once_it_appears():

@@ -4,7 +4,7 @@ pass predicts, warming memory up over the prompt and decoding the current segmen
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -27,7 +27,8 @@ class GenerationSettings:
     min_p: float = setting(0.0, "drop tokens below this fraction of the most likely one's probability; 0 is off")
     repetition_penalty: float = setting(1.0, "CTRL-style penalty on tokens already seen; 1 is off")
     seed: int | None = setting(None, "random seed (default: drawn, and reported in Started and the JSON)")
-    eos_id: int | None = setting(None, "token id that ends generation", flag="--eos", metavar="ID")
+    eos_id: int | None = setting(None, "token id that ends generation (default: the tokenizer's end-of-text token, "
+                                       "if it names one)", flag="--eos", metavar="ID")
     stop: tuple[str, ...] = setting((), "string that ends generation (repeatable)", metavar="STR")
     mem_len: int | None = setting(None, "memory length (default: the model's max_mem_len; 0: no memory)")
     num_samples: int = setting(1, "samples decoded as one batch (only the first streams)")
@@ -124,6 +125,8 @@ def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | 
              keep_logits: bool = False) -> Iterator[Started | SegmentStarted | WarmupProgress | Token | Finished]:
     """Yields events as they happen. Closing the generator stops the computation."""
     settings = settings or GenerationSettings()
+    if settings.eos_id is None and checkpoint.tokenizer.eos_id is not None:  # the tokenizer's end-of-text token
+        settings = replace(settings, eos_id=checkpoint.tokenizer.eos_id)
     prompt = _prompt_tensor(prompt_ids, checkpoint)
     vocab = checkpoint.model.num_tokens
     if settings.eos_id is not None and settings.eos_id >= vocab:
