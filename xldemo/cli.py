@@ -1,4 +1,4 @@
-"""The command line: python -m xldemo {generate,train,eval,bench}."""
+"""The command line: python -m xldemo {generate,train,eval,bench,import}."""
 
 import argparse
 import json
@@ -20,26 +20,32 @@ def cmd_generate(args) -> None:
     import torch
 
     from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+    from .details import token_record
     from .engine import Finished, GenerationSettings, Started, Token, generate, segment_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = from_options(GenerationSettings, args)
+    if settings.details and not args.json:
+        raise XLDemoError("--details adds per-token figures to the --json line: give --json too")
     checkpoint = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, revision=args.revision)
     if args.prompt_file is not None:
         try:
-            prompt = Path(args.prompt_file).read_bytes()  # raw: with byte tokens, every byte is one token
+            # raw: byte tokens take every byte as it is; the other tokenizers read it as UTF-8 text
+            prompt = Path(args.prompt_file).read_bytes()
         except OSError as e:
             raise XLDemoError(f"--prompt-file: cannot read {args.prompt_file!r} ({e.strerror})") from None
     else:
         prompt = args.prompt
     prompt_ids = checkpoint.tokenizer.encode(prompt)
+    streamed = []  # the first sample's tokens, for --details
     for event in generate(checkpoint, prompt_ids, settings):
         if isinstance(event, Started):
             started = event
         elif isinstance(event, Token) and event.sample == 0:
             sys.stdout.write(event.text)
             sys.stdout.flush()
+            streamed.append(event)
         elif isinstance(event, Finished):
             finished = event
     sys.stdout.write("\n")
@@ -60,6 +66,7 @@ def cmd_generate(args) -> None:
             "decoder": started.decoder,
             "samples": [{"token_ids": list(ids), "text": text, "reason": reason}
                         for ids, text, reason in zip(finished.token_ids, finished.texts, finished.reasons)],
+            **({"tokens": [token_record(t) for t in streamed]} if settings.details else {}),
         }))
 
 
@@ -72,8 +79,27 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import EvalSettings, run_eval
 
+    if args.prompt_file is not None:
+        return cmd_sweep(args)
     print(run_eval(from_options(EvalSettings, args)), end="")
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")
+
+
+def cmd_sweep(args) -> None:
+    from .checkpoint import load_checkpoint
+    from .evaluate import shown_path
+    from .sweep import memory_sweep, sweep_table
+    from .tokenizer import BYTES
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    try:
+        prompt = Path(args.prompt_file).read_bytes()  # as generate reads it
+    except OSError as e:
+        raise XLDemoError(f"--prompt-file: cannot read {args.prompt_file!r} ({e.strerror})") from None
+    result = memory_sweep(checkpoint.model, checkpoint.tokenizer.encode(prompt), args.mem_lens)
+    print(sweep_table(result, "byte" if checkpoint.tokenizer.name == BYTES else "token"), end="")
+    if args.json:
+        print(json.dumps({"checkpoint": shown_path(args.checkpoint), **result}))
 
 
 def cmd_bench(args) -> None:
@@ -83,10 +109,18 @@ def cmd_bench(args) -> None:
     print(format_table(rows, about))
 
 
+def cmd_import(args) -> None:
+    from .importer import ImportSettings, import_checkpoint
+
+    print(import_checkpoint(args.source, from_options(ImportSettings, args)))
+
+
 def build_parser() -> Parser:
     from .bench import BenchSettings
     from .engine import GenerationSettings
     from .evaluate import EvalSettings
+    from .sweep import DEFAULT_MEM_LENS
+    from .importer import ImportSettings
     from .train import TrainSettings
 
     parser = Parser(prog="python -m xldemo", description=__doc__)
@@ -97,7 +131,7 @@ def build_parser() -> Parser:
     gen.add_argument("--revision", help="Hub branch, tag or commit")
     prompt = gen.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (UTF-8)")
-    prompt.add_argument("--prompt-file", help="prompt file, read as raw bytes")
+    prompt.add_argument("--prompt-file", help="prompt file: raw bytes for a byte-level model, else UTF-8 text")
     add_options(gen, GenerationSettings)
     gen.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     gen.add_argument("--json", action="store_true", help="end with one line of JSON: ids, text, segments, timings")
@@ -106,12 +140,24 @@ def build_parser() -> Parser:
     train = commands.add_parser("train", help="train a model with XLAutoregressiveWrapper.forward")
     add_options(train, TrainSettings)
     train.set_defaults(run=cmd_train)
-    evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without")
+    evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without; "
+                                                "with --prompt-file, a memory-length sweep on that text instead")
     add_options(evaluate, EvalSettings)
+    evaluate.add_argument("--prompt-file", help="sweep memory lengths on this text (read as generate reads it) "
+                                                "instead of evaluating on the held-out plays")
+    evaluate.add_argument("--mem-lens", default=",".join(map(str, DEFAULT_MEM_LENS)),
+                          help="comma-separated memory lengths the sweep runs (default: %(default)s)")
+    evaluate.add_argument("--json", action="store_true", help="after the sweep's table, one line of JSON: its points")
     evaluate.set_defaults(run=cmd_eval)
     bench = commands.add_parser("bench", help="xldemo against XLAutoregressiveWrapper.generate, side by side")
     add_options(bench, BenchSettings)
     bench.set_defaults(run=cmd_bench)
+    imports = commands.add_parser("import", help="make a checkpoint folder of a model trained elsewhere")
+    imports.add_argument("source", metavar="SOURCE",
+                         help="a torch.save file (a state dict, or a dict holding one under model, state_dict or "
+                              "model_state_dict), a .safetensors file, or a folder accelerate saved")
+    add_options(imports, ImportSettings)
+    imports.set_defaults(run=cmd_import)
     return parser
 
 
