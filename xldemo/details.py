@@ -57,6 +57,14 @@ def token_details(log_probs: torch.Tensor, chosen: torch.Tensor, attention: torc
                                                      shares.tolist(), best_positions.tolist(), best.values.tolist())]
 
 
+def token_record(token) -> dict:
+    """A Token that carries details as plain JSON data: the entries of the CLI's "tokens" list."""
+    details = token.details
+    return {"id": token.id, "position": token.position, "segment": token.segment, "logprob": token.logprob,
+            "rank": details.rank, "top": [list(pair) for pair in details.top],
+            "memory_share": list(details.memory_share), "attended": [list(pair) for pair in details.attended]}
+
+
 def _learned_slots(query: int, keys: int, memory: int, seg_len: int, memory_tokens: int) -> int:
     """Keys before the memory: whatever the memory, the memory tokens and the segment up to the query leave."""
     learned = keys - memory - memory_tokens - (query % seg_len + 1)
