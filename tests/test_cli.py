@@ -14,6 +14,7 @@ from conftest import tiny_checkpoint, tiny_config
 from xldemo import engine
 from xldemo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
 from xldemo.cli import main
+from xldemo.details import token_record
 from xldemo.teacher import teacher_forced_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,26 @@ def test_json_line_is_exact_and_complete(folder, capsys, monkeypatch):
     assert result["reason"] == "length" and result["mem_len"] == 5 and result["memory_tokens"] == 5
     # read at the start (0), after the warm-up (1), then once per token (2 for the first, 25 for the 24th)
     assert (result["warmup_s"], result["time_to_first_token_s"], result["decode_tokens_per_s"]) == (1.0, 2.0, 1.0)
+
+
+def test_details_list_the_first_samples_tokens_with_the_engines_figures(folder, capsys):
+    prompt = "To be, or not to be"
+    settings = dict(max_new_tokens=2 * L, temperature=1.0, seed=2, num_samples=2)
+    _, result = generate_json(capsys, "--checkpoint", folder, "--prompt", prompt, "--max-new-tokens", 2 * L,
+                              "--temperature", 1.0, "--seed", 2, "--num-samples", 2, "--details")
+    tokens = result["tokens"]
+    assert [t["id"] for t in tokens] == result["token_ids"]
+    assert [(t["position"], t["segment"]) for t in tokens] == [(p, p // L) for p in range(19, 19 + 2 * L)]
+    for t in tokens:
+        assert list(t) == ["id", "position", "segment", "logprob", "rank", "top", "memory_share", "attended"]
+        assert len(t["top"]) == 5 and len(t["memory_share"]) == 2 and 0 < len(t["attended"]) <= 8
+        assert [w for _, w in t["attended"]] == sorted((w for _, w in t["attended"]), reverse=True)
+    events = engine.generate(tiny_checkpoint(tiny_config(mem_len=5)), list(prompt.encode()),
+                             engine.GenerationSettings(details=True, **settings))
+    expected = [token_record(e) for e in events if isinstance(e, engine.Token) and e.sample == 0]
+    assert tokens == json.loads(json.dumps(expected))
+    assert main(["generate", "--checkpoint", str(folder), "--prompt", prompt, "--details"]) == 2
+    assert "--json" in capsys.readouterr().err
 
 
 def test_prompt_file_is_raw_bytes(folder, tmp_path, capsys):
