@@ -11,8 +11,9 @@ from xldemo.checkpoint import save_checkpoint
 
 def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_path, monkeypatch):
     """Timings are made up: per round, the reference decodes 64 tokens in 0.64 s more than 1 token (100 tokens/s)
-    in one round, 50 and 200 in the others; xldemo at 400, 300 and 500; the medians are 100 and 400."""
-    rates = {"reference": iter([100, 50, 200]), "xldemo": iter([400, 300, 500])}
+    in one round, 50 and 200 in the others; xldemo at 400, 300 and 500, with details at 200, 150 and 300; the
+    medians are 100, 400 and 200."""
+    rates = {"reference": iter([100, 50, 200]), "xldemo": iter([400, 300, 500]), "details": iter([200, 150, 300])}
     ttft = {"reference": iter([3.0, 2.0, 9.0]), "xldemo": iter([1.5, 1.0, 0.5])}
 
     calls = []
@@ -23,9 +24,10 @@ def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_pat
             return next(ttft["reference"])
         return 1.0 if new_tokens == 1 else 1.0 + 64 / next(rates["reference"])
 
-    def xldemo_seconds(checkpoint, prompt, new_tokens, decoder):
-        calls.append(("xldemo", new_tokens, len(prompt)))
-        return 1.0 if new_tokens == 1 else 1.0 + 64 / next(rates["xldemo"])
+    def xldemo_seconds(checkpoint, prompt, new_tokens, decoder, details=False):
+        side = "details" if details else "xldemo"
+        calls.append((side, new_tokens, len(prompt)))
+        return 1.0 if new_tokens == 1 else 1.0 + 64 / next(rates[side])
 
     monkeypatch.setattr(bench, "_reference_seconds", reference_seconds)
     monkeypatch.setattr(bench, "_xldemo_seconds", xldemo_seconds)
@@ -35,14 +37,17 @@ def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_pat
     rows, about = run_bench(BenchSettings(random_config=str(config), new_tokens=65, prompt_segments=2,
                                           ttft_prompt_bytes=40, memory_prompt_bytes="", repeats=3, cli_repeats=0,
                                           app_repeats=0))
-    speed, first = rows
+    speed, details, first = rows
     assert math.isclose(speed.reference, 100) and math.isclose(speed.xldemo, 400) and math.isclose(speed.ratio, 4)
+    assert details.reference is None and math.isclose(details.xldemo, 200) and math.isclose(details.ratio, 2)
+    assert "(0.50x the speed without)" in details.metric
     assert (first.reference, first.xldemo) == (3.0, 1.0) and math.isclose(first.ratio, 3)
     # the sides take turns, a long run and a 1-token run each, round after round
     decode = [(side, n) for side, n, length in calls if length == 16]
-    assert decode == [("reference", 65), ("reference", 1), ("xldemo", 65), ("xldemo", 1)] * 3
+    assert decode == [("reference", 65), ("reference", 1), ("xldemo", 65), ("xldemo", 1), ("details", 65),
+                      ("details", 1)] * 3
     table = format_table(rows, about)
-    assert "| 100 | 400 | 4.00x |" in table and "| 3 | 1 | 3.00x |" in table
+    assert "| 100 | 400 | 4.00x |" in table and "| — | 200 | 2.00x |" in table and "| 3 | 1 | 3.00x |" in table
 
 
 def test_bench_measures_both_sides_on_a_tiny_random_model(tmp_path):
@@ -52,9 +57,12 @@ def test_bench_measures_both_sides_on_a_tiny_random_model(tmp_path):
     settings = BenchSettings(random_config=str(config), new_tokens=64, prompt_segments=2, ttft_prompt_bytes=40,
                              memory_prompt_bytes="", repeats=3, cli_repeats=0, app_repeats=0)
     rows, about = run_bench(settings)
-    assert about["decoder"] == "fast" and [row.metric for row in rows] == [
-        "decode tokens/s (greedy, 16-token prompt)", "time to first token, 40 B prompt (s)"]
-    assert all(math.isfinite(value) and value > 0 for row in rows for value in (row.reference, row.xldemo))
+    speed, details, first = rows
+    assert about["decoder"] == "fast" and (speed.metric, first.metric) == (
+        "decode tokens/s (greedy, 16-token prompt)", "time to first token, 40 B prompt (s)")
+    assert details.metric.startswith("decode tokens/s with per-token details, same rounds (")
+    assert details.reference is None and math.isfinite(details.xldemo) and details.xldemo > 0
+    assert all(math.isfinite(value) and value > 0 for row in (speed, first) for value in (row.reference, row.xldemo))
 
 
 def test_peak_rss_growth_counts_what_a_run_allocates(tmp_path):
