@@ -273,6 +273,8 @@ def bad_sources(tmp_path: Path, wrapper: XLAutoregressiveWrapper, config: dict) 
     ttt = XLAutoregressiveWrapper(transformer(config), ttt_module_paths=("attn_layers.layers.0.1.to_q",), tbptt_steps=2)
     torch.save(ttt.state_dict(), tmp_path / "ttt.pt")
     (tmp_path / "empty-folder").mkdir()
+    huge = wrapper.net.state_dict()
+    torch.save({**huge, "to_logits.weight": huge["to_logits.weight"] * 1e6}, tmp_path / "huge.pt")
     accelerate_folder(tmp_path / "lost-shard", wrapper.state_dict(), shards=2)
     (tmp_path / "lost-shard" / "model-00002-of-00002.safetensors").unlink()
     (tmp_path / "taken").mkdir()
@@ -307,6 +309,7 @@ def bad_sources(tmp_path: Path, wrapper: XLAutoregressiveWrapper, config: dict) 
     ("good.pt", ["--tokenizer", "{tmp}/no-such-vocab.json"], "cannot read it"),
     ("good.pt", ["--out", "{tmp}/taken"], "exists and is not an empty folder"),
     ("good.pt", ["--out", "/proc/xldemo/out"], "cannot write there"),
+    ("huge.pt", ["--dtype", "float16"], "log-probabilities are not finite"),
 ])
 def test_bad_imports_exit_2_in_one_line_and_write_nothing(trained, tmp_path, capsys, source, options, message):
     wrapper, config = trained

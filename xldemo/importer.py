@@ -53,11 +53,11 @@ def import_checkpoint(source: str | Path, settings: ImportSettings) -> str:
         raise XLDemoError(f"{settings.config}: 'tokenizer' is no TransformerWrapper argument; give it with --tokenizer")
     tokenizer = ByteTokenizer() if settings.tokenizer == BYTES else read_tokenizer(settings.tokenizer,
                                                                                    config["num_tokens"])
-    state, found = read_state(source)
-    model = fit(state, config)
     out = Path(settings.out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise XLDemoError(f"--out {out}: exists and is not an empty folder")
+    state, found = read_state(source)
+    model = fit(state, config)
     # written beside out and renamed into place once it works: a failed import leaves nothing behind
     staging = out.parent / f".{out.name}.importing-{os.getpid()}"
     try:
