@@ -1,0 +1,272 @@
+"""Serving many visitors at once: per checkpoint, one thread decodes every stream in one batch, streams joining and
+leaving between steps and prompts warmed up a segment at a time between the others' steps; each stream is read as
+a generator of the engine's own events."""
+
+import hashlib
+import math
+import queue
+import random
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import replace
+
+import torch
+
+from .batched import BatchedDecoder
+from .checkpoint import Checkpoint
+from .engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, _finish_reason,
+                     _prompt_tensor)
+from .engine import generate as engine_generate
+from .errors import XLDemoError
+from .fast import unsupported_reason
+from .memory import warm_up_memory
+from .sampling import choose_tokens
+
+MAX_BATCH = 8  # streams decoded at once per checkpoint; more wait for a row
+PREFIX_CACHE_SIZE = 8  # warmed-up prompt memories kept per checkpoint, least recently used dropped first
+SCHEDULERS = 4  # checkpoints with a scheduler at once
+CANCEL_WAIT_S = 30  # how long closing a stream waits for its row to be freed
+_reasons: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
+_schedulers: "OrderedDict[int, Scheduler]" = OrderedDict()  # by id of the model, which each scheduler holds
+_registry = threading.Lock()
+
+
+def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | None = None,
+             keep_logits: bool = False):
+    """engine.generate's events and tokens, the stream decoded in its checkpoint's shared batch where the batched
+    decoder can run it, else by engine.generate itself."""
+    settings = settings or GenerationSettings()
+    if batched_unsupported(checkpoint, settings) is not None:
+        return engine_generate(checkpoint, prompt_ids, settings, keep_logits)
+    return scheduler_for(checkpoint).generate(prompt_ids, settings, keep_logits)
+
+
+def batched_unsupported(checkpoint: Checkpoint, settings: GenerationSettings) -> str | None:
+    """None when the run can join the shared batch, else why not."""
+    if settings.num_samples > 1:
+        return "several samples decode as a batch of their own"
+    if settings.details:
+        return "per-token details need a decoder that keeps attention"
+    if settings.decoder not in ("auto", "fast"):
+        return f"the {settings.decoder} decoder was asked for"
+    net = checkpoint.model
+    if net not in _reasons:  # building the meta-device template each time would cost milliseconds per request
+        _reasons[net] = unsupported_reason(net)
+    return _reasons[net]
+
+
+def scheduler_for(checkpoint: Checkpoint) -> "Scheduler":
+    """The scheduler of checkpoint's model, made on first use; the least recently used beyond SCHEDULERS are
+    dropped (one still serving finishes its streams first)."""
+    with _registry:
+        found = _schedulers.get(id(checkpoint.model))
+        if found is None or found.checkpoint.model is not checkpoint.model:
+            found = _schedulers[id(checkpoint.model)] = Scheduler(checkpoint)
+        _schedulers.move_to_end(id(checkpoint.model))
+        while len(_schedulers) > SCHEDULERS:
+            _schedulers.popitem(last=False)
+        return found
+
+
+class _Request:
+    """One stream: its settings and sampling state, where it is in its warm-up, and the queue its events go to."""
+
+    def __init__(self, prompt: torch.Tensor, settings: GenerationSettings, seed: int, mem_len: int, keep_logits: bool,
+                 checkpoint: Checkpoint):
+        seg_len = checkpoint.max_seq_len
+        self.prompt, self.settings, self.mem_len, self.keep_logits = prompt, settings, mem_len, keep_logits
+        self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
+        complete = prompt[0, :self.current * seg_len].numpy().tobytes()
+        self.key = (mem_len, hashlib.sha256(complete).hexdigest())  # the warm-up's result depends on these alone
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.cancelled, self.released = False, threading.Event()
+        self.warm_up, self.mems, self.warmed = None, None, 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seen = torch.zeros(1, checkpoint.model.num_tokens, dtype=torch.bool)
+        self.seen[:, prompt[0]] = True
+        self.stream = checkpoint.tokenizer.stream_decoder()
+        self.text, self.ids, self.position, self.chosen = "", [], prompt.shape[-1], None
+        self.started = self.warmup_s = self.first_token_at = self.last_token_at = None
+
+    @property
+    def warm(self) -> bool:
+        return self.warmed == self.current
+
+
+class Scheduler:
+    """The thread that owns a checkpoint's batched decoder. Each iteration: drops closed streams, runs one prompt
+    segment of one stream's warm-up, admits one warmed-up stream into the batch (the prefill of its last, partial
+    prompt segment), then decodes one token for every stream in the batch. A warm-up's memory is cached by the
+    prompt's complete segments and the memory length, so that visitors who send the same prompt share it. The
+    thread ends when nothing is left to do and starts again with the next stream."""
+
+    def __init__(self, checkpoint: Checkpoint, max_batch: int = MAX_BATCH, cache_size: int = PREFIX_CACHE_SIZE):
+        self.checkpoint, self.max_batch, self.cache_size = checkpoint, max_batch, cache_size
+        self.decoder = BatchedDecoder(checkpoint.model)
+        self.rows: list[_Request] = []  # by the decoder's row
+        self.waiting: list[_Request] = []  # warming up or waiting for a row, in arrival order
+        self.prefixes: OrderedDict[tuple, list[torch.Tensor] | None] = OrderedDict()
+        self.warming: dict[tuple, _Request] = {}  # key -> the stream warming it up; others with its key wait
+        self.lock, self.thread = threading.Lock(), None
+
+    def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
+        """engine.generate for one stream of this scheduler's checkpoint (settings the batch supports)."""
+        checkpoint = self.checkpoint
+        if settings.eos_id is None and checkpoint.tokenizer.eos_id is not None:  # as engine.generate defaults it
+            settings = replace(settings, eos_id=checkpoint.tokenizer.eos_id)
+        prompt = _prompt_tensor(prompt_ids, checkpoint)
+        if settings.eos_id is not None and settings.eos_id >= checkpoint.model.num_tokens:
+            raise XLDemoError(f"eos_id must be below the vocabulary size {checkpoint.model.num_tokens}, "
+                              f"got {settings.eos_id}")
+        mem_len = checkpoint.max_mem_len if settings.mem_len is None else settings.mem_len
+        seed = random.SystemRandom().randrange(2**63) if settings.seed is None else settings.seed
+        return self._stream(_Request(prompt, settings, seed, mem_len, keep_logits, checkpoint), seed)
+
+    def live(self) -> tuple[int, int]:
+        """(streams in the batch, streams waiting or warming up)."""
+        with self.lock:
+            return len(self.rows), len(self.waiting)
+
+    def _stream(self, request: _Request, seed: int):
+        yield Started(self.decoder.name, request.prompt.shape[-1], self.checkpoint.max_seq_len, request.mem_len, seed)
+        request.started = time.perf_counter()  # after the yield, as the engine's clock
+        with self.lock:
+            self.waiting.append(request)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="xldemo-scheduler", daemon=True)
+                self.thread.start()
+        try:
+            while True:
+                event = request.events.get()
+                if isinstance(event, Exception):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:  # closed early (Stop, a closed tab): the row is free before this returns
+            request.cancelled = True
+            request.released.wait(CANCEL_WAIT_S)
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                self._drop_cancelled()
+                if not self.rows and not self.waiting:
+                    self.thread = None
+                    return
+            try:
+                with torch.inference_mode():
+                    self._iteration()
+            except Exception as e:  # a fault of ours: every stream hears of it rather than hanging
+                self._fail_all(e)
+
+    def _iteration(self) -> None:
+        self._warm_up_one()
+        self._admit_one()
+        if self.rows:
+            logits = self.decoder.step(torch.tensor([r.chosen for r in self.rows]))  # (rows, v)
+            for row in reversed(range(len(self.rows))):  # from the end: a finished row takes the last one's place
+                self._take(row, logits[row:row + 1])
+
+    def _drop_cancelled(self) -> None:
+        for row in reversed(range(len(self.rows))):
+            if self.rows[row].cancelled:
+                self._release(row)
+        for request in [r for r in self.waiting if r.cancelled]:
+            self.waiting.remove(request)
+            if self.warming.get(request.key) is request:
+                del self.warming[request.key]
+            request.released.set()
+
+    def _warm_up_one(self) -> None:
+        """One prompt segment for the waiting stream with the fewest done (taking turns), or a cached warm-up."""
+        for request in self.waiting:
+            if not request.warm and request.warm_up is None and request.key in self.prefixes:
+                self.prefixes.move_to_end(request.key)
+                request.mems = self.prefixes[request.key]
+                for index in range(request.current):
+                    request.events.put(SegmentStarted(index, index * self.checkpoint.max_seq_len, "prompt"))
+                    request.events.put(WarmupProgress(index + 1, request.current))
+                request.warmed = request.current
+        ready = [r for r in self.waiting if not r.warm and self.warming.setdefault(r.key, r) is r]
+        if not ready:
+            return
+        request = min(ready, key=lambda r: r.warmed)
+        seg_len = self.checkpoint.max_seq_len
+        if request.warm_up is None:
+            request.warm_up = warm_up_memory(self.checkpoint.model, request.prompt[:, :request.current * seg_len],
+                                             request.mem_len)
+        index = request.warmed
+        request.events.put(SegmentStarted(index, index * seg_len, "prompt"))
+        request.mems = next(request.warm_up)
+        request.warmed += 1
+        request.events.put(WarmupProgress(request.warmed, request.current))
+        if request.warm:
+            del self.warming[request.key]
+            self.prefixes[request.key] = request.mems
+            while len(self.prefixes) > self.cache_size:
+                self.prefixes.popitem(last=False)
+
+    def _admit_one(self) -> None:
+        """The first warmed-up waiting stream, if a row is free: its last prompt segment, then its first token."""
+        request = next((r for r in self.waiting if r.warm), None)
+        if request is None or len(self.rows) >= self.max_batch:
+            return
+        with self.lock:
+            self.waiting.remove(request)
+        request.warmup_s = time.perf_counter() - request.started
+        seg_len, current = self.checkpoint.max_seq_len, request.current
+        request.events.put(SegmentStarted(current, current * seg_len, "prompt"))
+        logits = self.decoder.add(request.prompt[:, current * seg_len:], request.mems, request.mem_len)  # (1, v)
+        request.mems = None  # the decoder holds it now; the cache may hold it too
+        self.rows.append(request)
+        self._take(len(self.rows) - 1, logits)
+
+    def _take(self, row: int, logits: torch.Tensor) -> None:
+        """Samples row's next token from its logits (1, v) and tells its stream, as the engine's loop does; a
+        finished stream leaves the batch."""
+        request, seg_len, settings = self.rows[row], self.checkpoint.max_seq_len, self.rows[row].settings
+        chosen = choose_tokens(logits, request.seen, settings, request.generator)  # (1,)
+        logprob = float(logits.float().log_softmax(dim=-1)[0, chosen])
+        request.seen[0, chosen] = True
+        position, token = request.position, int(chosen)
+        if position % seg_len == 0:
+            request.events.put(SegmentStarted(position // seg_len, position, "generated"))
+        request.ids.append(token)
+        piece = "" if token == settings.eos_id else request.stream.push(token)
+        request.text += piece
+        reason = _finish_reason(token, request.text, len(piece), len(request.ids), settings)
+        if reason is not None:
+            tail = request.stream.flush()
+            request.text, piece = request.text + tail, piece + tail
+        request.events.put(Token(token, piece, logprob, position, position // seg_len, 0,
+                                 logits[0].clone() if request.keep_logits else None))
+        request.last_token_at = time.perf_counter()
+        request.first_token_at = request.first_token_at or request.last_token_at
+        if reason is None:
+            request.chosen, request.position = token, position + 1
+            return
+        decoded, elapsed = len(request.ids) - 1, request.last_token_at - request.first_token_at
+        request.events.put(Finished((reason,), (tuple(request.ids),), (request.text,), request.warmup_s,
+                                    request.first_token_at - request.started,
+                                    decoded / elapsed if decoded > 0 and elapsed > 0 else math.nan,
+                                    position // seg_len + 1, self.decoder.memory_tokens(row)))
+        with self.lock:
+            self._release(row)
+
+    def _release(self, row: int) -> None:
+        self.decoder.remove(row)
+        request = self.rows[row]
+        self.rows[row] = self.rows[-1]
+        self.rows.pop()
+        request.released.set()
+
+    def _fail_all(self, error: Exception) -> None:
+        with self.lock:
+            for request in self.rows + self.waiting:
+                request.events.put(error)
+                request.released.set()
+            self.rows, self.waiting, self.warming = [], [], {}
+            self.decoder = BatchedDecoder(self.checkpoint.model)  # whatever state the fault left is not reused
