@@ -77,6 +77,16 @@ def test_hub_repo_loads_offline_from_the_cache(tmp_path):
     assert not torch.equal(teacher_forced_logits(main.model, TOKENS), teacher_forced_logits(v2.model, TOKENS))
 
 
+def test_hub_repo_with_a_tokenizer_file_loads_it_from_the_snapshot(tmp_path):
+    cache = fake_hub_cache(tmp_path)
+    snapshot = next((cache / "models--someone--tiny-xl" / "snapshots").iterdir())
+    (snapshot / "vocab.json").write_text(json.dumps([chr(0x100 + i) for i in range(256)]))
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "tokenizer": "vocab.json"}))
+    tokenizer = load_checkpoint("someone/tiny-xl", cache_dir=str(cache)).tokenizer
+    assert tokenizer.name == "vocab.json" and tokenizer.encode("\u0100\u01ff") == [0, 255]
+
+
 def test_unknown_hub_repo_offline_is_a_clear_error(tmp_path):
     cache = fake_hub_cache(tmp_path)
     with pytest.raises(XLDemoError, match="Hugging Face Hub cannot provide it"):

@@ -18,6 +18,8 @@ from x_transformers.xl_autoregressive_wrapper import XLAutoregressiveWrapper
 from conftest import tiny_config
 from xldemo.checkpoint import load_checkpoint
 from xldemo.cli import main
+from xldemo.errors import XLDemoError
+from xldemo.importer import ImportSettings, import_checkpoint
 from xldemo.teacher import teacher_forced_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,3 +340,13 @@ def test_a_real_process_imports_then_reports_a_bad_import_without_traceback(trai
     assert good.returncode == 0 and good.stdout.startswith("imported ") and good.stdout.count("\n") == 1, good.stderr
     bad = run(tmp_path / "namespace.pt", "--config", tmp_path / "kwargs.json", "--out", tmp_path / "out2")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_python_api_takes_paths_and_refuses_missing_ones(trained, tmp_path):
+    wrapper, config = trained
+    (tmp_path / "kwargs.json").write_text(json.dumps(config))
+    line = import_checkpoint(SAVES["model state dict"](wrapper, tmp_path),
+                             ImportSettings(config=tmp_path / "kwargs.json", out=tmp_path / "api"))
+    assert line.startswith("imported ") and load_checkpoint(tmp_path / "api").tokenizer.name == "bytes"
+    with pytest.raises(XLDemoError, match="out must be a path"):
+        ImportSettings(config="kwargs.json", out=None)

@@ -5,8 +5,9 @@ from .details import TokenDetails
 from .engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate,
                      segment_table)
 from .errors import XLDemoError
+from .importer import ImportSettings, import_checkpoint
 from .teacher import bits_per_token, teacher_forced_logits
 
-__all__ = ["Checkpoint", "Finished", "GenerationSettings", "SegmentStarted", "Started", "Token", "TokenDetails",
-           "WarmupProgress", "XLDemoError", "bits_per_token", "build_model", "generate", "load_checkpoint",
-           "save_checkpoint", "segment_table", "teacher_forced_logits"]
+__all__ = ["Checkpoint", "Finished", "GenerationSettings", "ImportSettings", "SegmentStarted", "Started", "Token",
+           "TokenDetails", "WarmupProgress", "XLDemoError", "bits_per_token", "build_model", "generate",
+           "import_checkpoint", "load_checkpoint", "save_checkpoint", "segment_table", "teacher_forced_logits"]
