@@ -150,8 +150,8 @@ def load_tokenizer(name, folder: str | Path | None = None, num_tokens: int | Non
     """config.json's "tokenizer": "bytes", or the name of a tokenizer file in the checkpoint's folder."""
     if name == BYTES:
         return ByteTokenizer()
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or folder is None \
-            or not (Path(folder) / name).is_file():
+    # a bare file name only: config.json may not reach outside its folder
+    if not isinstance(name, str) or Path(name).name != name or folder is None or not (Path(folder) / name).is_file():
         raise XLDemoError(f"config.json: unknown tokenizer {name!r}: neither {BYTES!r} nor a file in the checkpoint's "
                           f"folder")
     return read_tokenizer(Path(folder) / name, num_tokens)
