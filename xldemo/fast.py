@@ -126,7 +126,7 @@ class FastDecoder:
     """The decoder interface of decoders.GenericDecoder for the configurations unsupported_reason accepts. Keys,
     values and layer inputs live in buffers allocated once per batch size; the memory's keys and values are carried
     over from the segment that produced it. Reads net's weights when built: build a new one after changing them.
-    attention=True also keeps the attention probabilities of the last query run, for attention()."""
+    attention=True also keeps the last query run, from which attention() computes its attention probabilities."""
 
     name = "fast"
 
@@ -145,7 +145,7 @@ class FastDecoder:
         self.to_logits = net.to_logits.weight.detach()  # (v, d)
         self.mems, self.hidden = None, None
         self.memory_len = self.length = 0
-        self.keeps_attention, self.probs = attention, None
+        self.keeps_attention, self.queries = attention, None
 
     @torch.inference_mode()
     def start(self, tokens: torch.Tensor, mems) -> torch.Tensor:
@@ -186,19 +186,19 @@ class FastDecoder:
         layers = zip(self.blocks, self.hidden[:, :, p].unbind(0), self.raw_keys[:, :, :, p].unbind(0),
                      self.kv[:, :, :, :, p].unbind(0), self.kv[:, :, 0, :, :p + 1].unbind(0),
                      self.kv[:, :, 1, :, :p + 1].unbind(0),  # keys, values (b, h, p + 1, dh)
-                     (None,) * len(self.blocks) if self.probs is None else self.probs[..., :p + 1].unbind(0))
+                     (None,) * len(self.blocks) if self.queries is None else self.queries.unbind(0))
         rotation = None if self.rotary is None else self.rotation[p]  # (r / 2,)
         q, k, kv, qk = self.step_views
-        for block, hidden, raw_keys, slot, keys, values, probs in layers:
+        for block, hidden, raw_keys, slot, keys, values, query in layers:
             hidden.copy_(x)
             torch.mm(F.layer_norm(x, x.shape[-1:], block.attn_norm), block.qkv, out=self.step_qkv)
             raw_keys.copy_(k)
             if rotation is not None:
                 qk.mul_(rotation)
             slot.copy_(kv)
+            if query is not None:
+                query.copy_(q)
             out = F.scaled_dot_product_attention(q, keys, values).flatten(1)  # (b, h * dh)
-            if probs is not None:
-                probs.copy_(_attention_probs(q, keys)[:, :, 0])  # (b, h, p + 1)
             x = x + out if block.out is None else torch.addmm(x, out, block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
             x = x + torch.addmm(block.ff_out_bias, F.gelu(torch.addmm(block.ff_in_bias, h, block.ff_in)), block.ff_out)
@@ -214,10 +214,11 @@ class FastDecoder:
 
     def attention(self) -> torch.Tensor:
         """The attention probabilities of the last query run, per layer: (layers, b, h, keys), the keys being the
-        memory, then the segment up to that query."""
-        if self.probs is None:
+        memory, then the segment up to that query. Computed here, all layers at once, from the query and keys that
+        scaled_dot_product_attention took, since it does not return them: the decoding path itself is unchanged."""
+        if self.queries is None:
             raise XLDemoError("the decoder was built without attention=True: it keeps no attention probabilities")
-        return self.probs[..., :self.length].clone()
+        return _attention_probs(self.queries, self.kv[:, :, 0, :, :self.length])
 
     def _prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Runs ids (b, n) at the next n slots, each attending to the memory and the segment up to itself."""
@@ -240,8 +241,8 @@ class FastDecoder:
             self.kv[i, :, 1, :, begin:end] = v
             out = F.scaled_dot_product_attention(q, self.kv[i, :, 0, :, :end], self.kv[i, :, 1, :, :end],
                                                  attn_mask=mask)  # (b, h, n, dh)
-            if self.probs is not None:  # the last query sees every key: no mask
-                self.probs[i, :, :, :end] = _attention_probs(q[:, :, -1:], self.kv[i, :, 0, :, :end])[:, :, 0]
+            if self.queries is not None:  # the last query sees every key: attention() needs no mask
+                self.queries[i] = q[:, :, -1:]
             out = out.transpose(1, 2).flatten(2)  # (b, n, h * dh)
             x = x + (out if block.out is None else out @ block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
@@ -285,7 +286,7 @@ class FastDecoder:
         self.hidden = self.embed.new_empty(depth, b, slots, d)  # layer inputs: memory, then segment
         self.raw_keys = self.embed.new_empty(depth, b, h, slots, dh)  # before rotary, carried into the next memory
         self.kv = self.embed.new_empty(depth, b, 2, h, slots, dh)  # rotated keys, values
-        self.probs = self.embed.new_empty(depth, b, h, slots) if self.keeps_attention else None  # last query's
+        self.queries = self.embed.new_empty(depth, b, h, 1, dh) if self.keeps_attention else None  # the last one
         # step() projects into one buffer through fixed views: no per-layer reshaping
         self.step_qkv = self.embed.new_empty(b, 3 * h * dh)
         qkv = self.step_qkv.view(b, 3, h, dh)
@@ -295,9 +296,10 @@ class FastDecoder:
 
 
 def _attention_probs(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(dh)) for q (b, h, i, dh) and keys (b, h, j, dh): (b, h, i, j), the weights
-    scaled_dot_product_attention gives the values, which it does not return."""
-    return (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+    """softmax(q k^T / sqrt(dh)) for one query q (..., 1, dh) and keys (..., j, dh): (..., j), the weights
+    scaled_dot_product_attention gives the values (no mask: the last query sees every key). The keys times the
+    query, as the query times the keys transposed would copy the strided keys first."""
+    return ((keys @ q.transpose(-1, -2))[..., 0] * q.shape[-1] ** -0.5).softmax(dim=-1)
 
 
 def _rotate(t: torch.Tensor, rotation: torch.Tensor) -> None:
