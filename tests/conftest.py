@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from xldemo.checkpoint import Checkpoint, build_model, save_checkpoint
-from xldemo.engine import Finished, Token, WarmupProgress, generate
+from xldemo.engine import Finished, Token, WarmupProgress
 from xldemo.tokenizer import ByteTokenizer
 
 torch.set_num_threads(1)  # tiny models: threads only add synchronisation
@@ -85,9 +85,10 @@ def watch_runs(monkeypatch, seconds_per_step: float = 0.0) -> dict:
     from xldemo.web import view
 
     record = {"live": 0, "most_live": 0, "ended": [], "lock": threading.Lock()}
+    source = view.generate  # the app's own, the shared batch included
 
     def watched(*args, **kwargs):
-        events = generate(*args, **kwargs)
+        events = source(*args, **kwargs)
 
         def run():
             with record["lock"]:

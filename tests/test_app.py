@@ -17,6 +17,7 @@ from gradio_client.exceptions import AppError
 from conftest import APP_CONFIG, generated_text, labels, visible_text, watch_runs
 from xldemo.checkpoint import load_checkpoint
 from xldemo.engine import GenerationSettings, generate
+from xldemo.sweep import memory_sweep
 from xldemo.web.handlers import Handlers, UserError
 from xldemo.web.inputs import DEFAULTS, MAX_PROMPT_BYTES, SAMPLING, escape_stop
 from xldemo.web.local import ROOT, served_app
@@ -236,3 +237,32 @@ def test_the_data_endpoint_streams_the_run_as_json_equal_to_the_engine(app_clien
     assert data["decode_tokens_per_s"] > 0 and data["warmup_s"] <= data["time_to_first_token_s"]
     with pytest.raises(AppError, match="greater than maximum value 4096"):
         app_client.submit(PROMPT, api_name="/generate_data", max_new_tokens=5000).result(timeout=60)
+
+
+def test_the_memory_view_and_its_data_carry_the_engines_details(app_client, app_folder):
+    settings = dict(max_new_tokens=30, temperature=0.9, seed=8, mem_len=32)
+    html, stats = app_client.submit(PROMPT, api_name="/inspect", colour_by="attention on memory",
+                                    **settings).result(timeout=60)
+    assert 'data-colour="attention on memory"' in html and html.count('class="xl-t xl-generated') == 30
+    assert "<b>30</b> new tokens" in stats
+    data = app_client.submit(PROMPT, api_name="/generate_data", details=True, **settings).result(timeout=60)
+    checkpoint = load_checkpoint(app_folder)
+    full = {**{n: DEFAULTS[n] for n in SAMPLING}, **settings}
+    tokens = [e for e in generate(checkpoint, checkpoint.tokenizer.encode(PROMPT),
+                                  GenerationSettings(**full, details=True)) if hasattr(e, "details")]
+    assert [t["id"] for t in data["tokens"]] == [t.id for t in tokens] == data["token_ids"]
+    assert [t["attended"][0][0] for t in data["tokens"]] == [t.details.attended[0][0] for t in tokens]
+    assert [t["rank"] for t in data["tokens"]] == [t.details.rank for t in tokens]
+    assert "tokens" not in app_client.submit(PROMPT, api_name="/generate_data", max_new_tokens=3).result(timeout=60)
+    with pytest.raises(AppError, match="not in the list of choices"):
+        app_client.submit(PROMPT, api_name="/inspect", colour_by="mood").result(timeout=60)
+
+
+def test_the_memory_sweep_scores_the_prompt_for_each_memory_length(app_client, app_folder):
+    plot, summary, data = app_client.submit(PROMPT * 2, api_name="/memory_sweep").result(timeout=120)
+    checkpoint = load_checkpoint(app_folder)
+    expected = memory_sweep(checkpoint.model, checkpoint.tokenizer.encode(PROMPT * 2))
+    assert [p["mem_len"] for p in data["points"]] == [0, 32, 64, 128, 256, 512, 1024]
+    assert [p["bits_per_token"] for p in data["points"]] == pytest.approx(
+        [p["bits_per_token"] for p in expected["points"]], abs=1e-6)
+    assert data["trained_mem_len"] == 32 and "bits/token without memory" in summary and plot

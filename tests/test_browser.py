@@ -42,6 +42,15 @@ def open_page(browser, url, width, height, hosts):
     return page
 
 
+def open_tab(page, name: str) -> None:
+    """Clicks the tab, from the "More tabs" menu where a narrow page has folded it there."""
+    tab = page.get_by_role("tab", name=name)
+    if not tab.count():
+        page.get_by_role("button", name="More tabs").click()
+        tab = page.locator(".overflow-dropdown button", has_text=name)
+    tab.click()
+
+
 def labels_count(page, selector: str) -> int:
     return page.locator(f"{selector} .xl-label").count()
 
@@ -129,5 +138,43 @@ def test_the_page_fits_a_phone(browser, app_url, tmp_path):
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-phone.png"), full_page=True)
+    page.close()
+    assert {u.hostname for u in requests if u.scheme in ("http", "https", "ws", "wss")} <= LOOPBACK
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
+def test_hovering_a_generated_token_shows_its_alternatives_and_what_it_read(browser, app_url, width, height):
+    requests = []
+    page = open_page(browser, app_url, width, height, requests)
+    page.locator("#prompt textarea").fill("ALONSO, King of Naples\nSEBASTIAN, his Brother\n" * 3)  # 138 bytes
+    open_tab(page, "Inside memory")
+    page.locator("#inspect").click()
+    expect(page.locator("#inspect-stats")).to_contain_text("reached", timeout=60_000)
+    tokens = page.locator("#inspect-view .xl-t")
+    assert tokens.count() == 400
+    tip, lit = page.locator(".xl-tip"), page.locator("#inspect-view .xl-hit")
+    visible = page.locator("#inspect-view .xl-t:not(:empty)")  # a byte that only starts a character shows nothing
+    from_memory = None
+    for i in range(1, 40):  # the first token whose reading reaches into memory
+        token = visible.nth(i)
+        token.scroll_into_view_if_needed()
+        token.click() if width < 720 else token.hover()
+        expect(tip).to_be_visible()
+        if page.locator("#inspect-view .xl-hit.xl-in-memory").count():
+            from_memory = token
+            break
+    assert from_memory is not None, "no token among the first 40 read from memory"
+    assert tip.locator(".xl-top tr").count() == 5 and "rank" in tip.locator("h4").inner_text()
+    assert 1 <= lit.count() <= 8 and tip.locator(".xl-attended tr").count() == 8
+    assert "memory" in tip.locator(".xl-attended").inner_text()
+    position = int(from_memory.get_attribute("data-p"))
+    segment_start = int(from_memory.get_attribute("data-s"))
+    lit_positions = [int(p) for p in page.eval_on_selector_all("#inspect-view .xl-hit.xl-in-memory",
+                                                                "spans => spans.map(s => s.dataset.p)")]
+    assert all(p < segment_start < position for p in lit_positions)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser-memory-view-{width}.png"))
+    page.get_by_label("rank").check()  # a new colouring applies to what is shown, without a new run
+    expect(page.locator("#inspect-view .xl-inspect")).to_have_attribute("data-colour", "rank")
     page.close()
     assert {u.hostname for u in requests if u.scheme in ("http", "https", "ws", "wss")} <= LOOPBACK

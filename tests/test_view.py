@@ -1,8 +1,14 @@
 """The view of a run, without gradio: the engine's events folded into segmented HTML and a status line, and the
 throttle that spaces updates."""
 
+import json
+import re
+from html import unescape
+
 from conftest import generated_text, labels, tiny_checkpoint, tiny_config, visible_text
+from xldemo.details import token_record
 from xldemo.engine import Finished, GenerationSettings, Token, generate
+from xldemo.web.memory_html import RANK, token_label
 from xldemo.web.view import Run, Throttle, compare_status
 
 PROMPT = list(b"To be, or not to be, that is the question")  # 41 bytes: segments of 8, the sixth holds its end
@@ -64,3 +70,33 @@ def test_the_throttle_lets_an_update_through_once_per_interval_unless_forced():
         now[0] = step
         seen.append(throttle.due(force=step == 13))
     assert [i for i, due in enumerate(seen) if due] == [0, 5, 10, 13, 18, 23]
+
+
+def test_the_memory_view_carries_each_tokens_figures_from_the_engine():
+    checkpoint = tiny_checkpoint(tiny_config(mem_len=8))
+    prompt = list(range(65, 65 + 26)) * 2  # 52 bytes: its last segment starts at 48, memory reaches back to 40
+    settings = GenerationSettings(max_new_tokens=20, temperature=0.8, seed=3, details=True)
+    run = Run(checkpoint, prompt, settings, colouring="rank")
+    while run.step():
+        pass
+    tokens = [e for e in generate(checkpoint, prompt, settings) if isinstance(e, Token)]
+    html = run.view.html()
+    spans = re.findall(r'<span class="xl-t xl-generated ([^"]*)" ([^>]*)>', html)
+    assert len(spans) == 20 and 'data-colour="rank"' in html
+    for (classes, attributes), token in zip(spans, tokens):
+        data = {k: unescape(v) for k, v in re.findall(r'(data-[a-z]+)="([^"]*)"', attributes)}
+        assert int(data["data-p"]) == token.position and int(data["data-rank"]) == token.details.rank
+        assert int(data["data-s"]) == (token.position - 1) // 8 * 8  # the segment of the query that produced it
+        assert [[p, round(w, 4)] for p, w in token.details.attended] == json.loads(data["data-att"])
+        assert [t[0] for t in json.loads(data["data-top"])] == [i for i, _ in token.details.top]
+        assert f"xl-r{RANK.level(token.details.rank)}" in classes.split()
+    # the prompt from the memory's reach on, one span per character, each naming its position
+    shown = re.findall(r'<span class="xl-c xl-prompt" data-p="(\d+)" data-e="(\d+)">', html)
+    assert [int(p) for p, _ in shown] == list(range(40, 52))
+    assert "40 earlier prompt tokens" in html
+    assert run.data()["tokens"] == [token_record(t) for t in tokens]
+
+
+def test_token_labels_show_whitespace_and_partial_characters():
+    tokenizer = tiny_checkpoint().tokenizer
+    assert [token_label(tokenizer, i) for i in (ord("a"), ord(" "), ord("\n"), 0xC3)] == ["a", "␣", "↵", "0xC3"]

@@ -3,16 +3,19 @@ into a gr.Error in one place."""
 
 import functools
 import inspect
+import time
 from dataclasses import dataclass, replace
 
 import gradio as gr
 
 from ..engine import GenerationSettings
-from ..errors import XLDemoError
 from ..checkpoint import Checkpoint
+from ..errors import XLDemoError
 from ..surprisal import surprisal_bits
+from ..sweep import DEFAULT_MEM_LENS, memory_sweep
 from . import render
 from .inputs import DEFAULTS, INPUTS, SURPRISAL_BYTES, check_prompt, read_upload, settings_from_inputs
+from .plots import sweep_chips, sweep_figure, sweep_note
 from .sources import cached_checkpoint, checkpoint_source, model_chips
 from .view import Run, Throttle, compare_status, surprisal_views
 
@@ -44,16 +47,16 @@ def told_to_the_user(handler):
     return plain
 
 
-def of_inputs(handler):
-    """handler(inputs: dict), exposed to gradio as a function of INPUTS in order, each but the prompt defaulted:
+def of_inputs(handler, names: list[str] = INPUTS):
+    """handler(inputs: dict), exposed to gradio as a function of names in order, each but the prompt defaulted:
     gradio reads the API's parameter names and defaults from this signature."""
     @functools.wraps(handler)
     def call(*values):
-        yield from handler(dict(zip(INPUTS, values)))
+        yield from handler(dict(zip(names, values)))
 
     call.__signature__ = inspect.Signature([
         inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          default=DEFAULTS.get(name, inspect.Parameter.empty)) for name in INPUTS])
+                          default=DEFAULTS.get(name, inspect.Parameter.empty)) for name in names])
     del call.__wrapped__  # else inspect.signature would follow it back to handler's
     return call
 
@@ -61,6 +64,7 @@ def of_inputs(handler):
 @dataclass(frozen=True)
 class Handlers:
     default_checkpoint: str
+    time_limit_s: float = 300.0  # a run's longest, so that no visitor holds a row of the batch for ever
 
     def load(self, name) -> Checkpoint:
         return cached_checkpoint(checkpoint_source(name or self.default_checkpoint, self.default_checkpoint))
@@ -80,19 +84,30 @@ class Handlers:
         """Streams the run as data (Run.data): text, token ids, log-probabilities, segments, timings, reason."""
         yield from self._stream(inputs, Run.data)
 
-    def _stream(self, inputs: dict, show):
+    @told_to_the_user
+    def inspect(self, inputs: dict):
+        """Streams (memory view HTML, stats HTML): the run with per-token details, coloured by inputs["colour_by"]."""
+        yield from self._stream({**inputs, "details": True}, lambda run: (run.view.html(), run.status()),
+                                inputs["colour_by"])
+
+    def _stream(self, inputs: dict, show, colouring: str = DEFAULTS["colour_by"]):
         """show(run) after each event worth an update, as often as the throttle lets through."""
         model, ids, settings = self.prepare(inputs)
-        run, throttle = None, Throttle()
+        run, throttle, began = None, Throttle(), time.monotonic()
         try:
-            run = Run(model, ids, settings)
+            run = Run(model, ids, settings, colouring=colouring)
             while event := run.step():
+                self._within_time(began)
                 if throttle.due(force=run.due_now(event)):
                     run.new_segment = False
                     yield show(run)
         finally:
             if run is not None:
                 run.close()
+
+    def _within_time(self, began: float) -> None:
+        if time.monotonic() - began > self.time_limit_s:
+            raise XLDemoError(f"The run reached this server's time limit of {self.time_limit_s:g} s and was stopped.")
 
     @told_to_the_user
     def compare(self, inputs: dict):
@@ -101,11 +116,12 @@ class Handlers:
         model, ids, on = self.prepare({**inputs, "mem_len": inputs["mem_len"] or None})
         on = replace(on, mem_len=model.max_mem_len if on.mem_len is None else on.mem_len)
         off = replace(on, mem_len=0)
-        runs, throttle = [], Throttle()
+        runs, throttle, began = [], Throttle(), time.monotonic()
         try:
             runs += [Run(model, ids, on, live_rate=False), Run(model, ids, off, live_rate=False)]
             alive = [True, True]
             while any(alive):
+                self._within_time(began)
                 events = [run.step() if alive[i] else None for i, run in enumerate(runs)]
                 alive = [event is not None for event in events]
                 if throttle.due(force=any(run.due_now(e) for run, e in zip(runs, events) if e) or not any(alive)):
@@ -131,6 +147,16 @@ class Handlers:
         yield render.live_line([], f"scoring {len(ids):,} bytes without memory…"), "", "", ""
         bits_off = surprisal_bits(model, ids, memory=False)
         yield surprisal_views(model, ids, bits_on, bits_off, len(all_ids))
+
+    @told_to_the_user
+    def sweep(self, prompt, checkpoint=None):
+        """(plot, summary HTML, data): bits per token of the prompt's first SURPRISAL_BYTES for memory lengths from
+        none to beyond the trained length."""
+        prompt = check_prompt(prompt)
+        model = self.load(checkpoint)
+        all_ids = model.tokenizer.encode(prompt)
+        result = memory_sweep(model.model, all_ids[:SURPRISAL_BYTES], DEFAULT_MEM_LENS)
+        return sweep_figure(result), render.stats_line(sweep_chips(result), sweep_note(result, len(all_ids))), result
 
     def info(self, checkpoint):
         """(model info HTML, memory slider update) for the chosen checkpoint; a bad choice is told in the info

@@ -15,7 +15,7 @@ MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**53 - 1  # what a browser's number field holds exactly
 DRAWN_SEEDS = 2**31  # a drawn seed is small enough to read off the stats line and type back
-SURPRISAL_BYTES = 8 * 1024
+SURPRISAL_BYTES = 8 * 1024  # the Surprisal tab and the memory sweep score the prompt's first 8 KB
 DEFAULT_MEM_LEN = 256  # the memory slider's range when the default checkpoint cannot be read at start
 
 
@@ -43,8 +43,11 @@ SEED = Spec("Seed", -1, MAX_SEED, 1, -1, "-1 draws one; the stats line shows it"
 
 # the inputs of /generate and /compare, in order, and their defaults: every input but the prompt has one
 INPUTS = ["prompt", *SAMPLING, "seed", "stop", "mem_len", "checkpoint"]
+DATA_INPUTS = [*INPUTS, "details"]  # /generate_data: per-token details on request
+INSPECT_INPUTS = [*INPUTS, "colour_by"]  # /inspect: the memory view, coloured by one of memory_html.COLOURINGS
 DEFAULTS = {**{name: spec.value for name, spec in SAMPLING.items()}, "seed": SEED.value, "stop": "",
-            "mem_len": None, "checkpoint": None}  # mem_len None: the checkpoint's own
+            "mem_len": None, "checkpoint": None,  # mem_len None: the checkpoint's own
+            "details": False, "colour_by": "probability"}
 
 
 def check_prompt(prompt) -> str:
@@ -86,7 +89,8 @@ def settings_from_inputs(inputs: dict) -> GenerationSettings:
     if seed == -1:
         seed = random.SystemRandom().randrange(DRAWN_SEEDS)
     return GenerationSettings(**{name: _whole(inputs[name]) for name in SAMPLING}, seed=seed,
-                              stop=parse_stop(inputs["stop"]), mem_len=_whole(inputs["mem_len"]))
+                              stop=parse_stop(inputs["stop"]), mem_len=_whole(inputs["mem_len"]),
+                              details=inputs.get("details", False))
 
 
 def read_upload(path: str) -> str:

@@ -7,15 +7,19 @@ import gradio as gr
 
 from ..checkpoint import shipped_checkpoints
 from ..examples import load_examples
+from ..serving import MAX_BATCH
 from . import render
 from .handlers import Handlers, of_inputs, stopped
-from .inputs import (DEFAULT_MEM_LEN, MAX_PROMPT_BYTES, MAX_SEED, MAX_STOP_CHARS, MAX_STOP_STRINGS, MAX_UPLOAD_BYTES,
-                     SAMPLING, SEED, SURPRISAL_BYTES, Spec)
+from .inputs import (DATA_INPUTS, DEFAULT_MEM_LEN, DEFAULTS, INSPECT_INPUTS, MAX_PROMPT_BYTES, MAX_STOP_CHARS,
+                     MAX_STOP_STRINGS, MAX_UPLOAD_BYTES, SAMPLING, SEED, SURPRISAL_BYTES, Spec)
+from .memory_html import COLOURINGS
 from .sources import configured_checkpoint, default_max_mem_len
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_CONCURRENCY = 2  # runs at once per event; XLDEMO_CONCURRENCY overrides
-QUEUE_SIZE = 64  # requests waiting beyond the running ones
+DEFAULT_CONCURRENCY = MAX_BATCH  # runs at once, all events together: a full shared batch (XLDEMO_CONCURRENCY)
+QUEUE_SIZE = 64  # requests waiting beyond those running; the next is told the queue is full (XLDEMO_QUEUE_SIZE)
+SET_COLOURING = "(colouring) => { document.querySelectorAll('#inspect-view .xl-inspect')" \
+                ".forEach((view) => { view.dataset.colour = colouring; }); }"
 
 
 def launch_options() -> dict:
@@ -29,10 +33,11 @@ def launch_options() -> dict:
 
 def build_demo(default_checkpoint: str | None = None, concurrency: int | None = None) -> gr.Blocks:
     """The app. default_checkpoint: a folder or Hub repo id (default: XLDEMO_CHECKPOINT, else the shipped one);
-    concurrency: runs at once per event (default: XLDEMO_CONCURRENCY, else 2)."""
+    concurrency: runs at once (default: XLDEMO_CONCURRENCY, else the shared batch's size). XLDEMO_QUEUE_SIZE and
+    XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time."""
     default = default_checkpoint or configured_checkpoint()
     concurrency = concurrency or int(os.environ.get("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY))
-    handlers = Handlers(default)
+    handlers = Handlers(default, float(os.environ.get("XLDEMO_TIME_LIMIT", Handlers.time_limit_s)))
     max_mem = default_max_mem_len(default, DEFAULT_MEM_LEN)
     choices = shipped_checkpoints()
     if default not in choices:
@@ -93,6 +98,21 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                                     "easier to predict, red where harder")
                         surprisal_saved = _text_view("Bits saved by memory, per byte.", "surprisal-saved",
                                                      follow=False)
+                    with gr.Tab("Inside memory", id="inspect"):
+                        inspect_button, inspect_stop, inspect_stats = _controls(
+                            "Generate with details", "inspect", "inspect-stop", "inspect-stats",
+                            "Generate, then hover or tap a generated token: its alternatives, and what it read.")
+                        colour_by = gr.Radio(list(COLOURINGS), value=DEFAULTS["colour_by"],
+                                             label="Colour the generated text by", elem_id="colour-by")
+                        inspect_view = _text_view("Generated text with what each token read, from memory too.",
+                                                  "inspect-view", script=_asset("inspect.js"),
+                                                  css=_asset("inspect.css"))
+                        gr.Markdown(_asset("inspect.md"), elem_classes="xl-about")
+                        sweep_button, _, sweep_summary = _controls(
+                            "Sweep memory length", "sweep", "sweep-stop", "sweep-summary",
+                            "Bits per token of the prompt with memories from none to beyond the trained length.")
+                        sweep_plot = gr.Plot(label="Bits per token against memory length", elem_id="sweep-plot",
+                                             format="png")
         gr.Markdown(_asset("about.md").format(
             surprisal_kb=SURPRISAL_BYTES // 1024, prompt_kb=MAX_PROMPT_BYTES // 1024,
             max_new_tokens=SAMPLING["max_new_tokens"].maximum, stop_strings=MAX_STOP_STRINGS,
@@ -104,20 +124,27 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                                       **run)
         comparing = compare_button.click(of_inputs(handlers.compare), inputs, [memory_on, memory_off, compare_stats],
                                          api_name="compare", **run)
-        # the same run as data, for API clients: a control the page does not show
-        gr.Button(visible=False).click(of_inputs(handlers.generate_data), inputs, gr.JSON(visible=False),
+        # the same runs as data, for API clients: controls the page does not show
+        gr.Button(visible=False).click(of_inputs(handlers.generate_data, DATA_INPUTS),
+                                       [*inputs, gr.Checkbox(False, visible=False)], gr.JSON(visible=False),
                                        api_name="generate_data", **run)
+        inspecting = inspect_button.click(of_inputs(handlers.inspect, INSPECT_INPUTS), [*inputs, colour_by],
+                                          [inspect_view, inspect_stats], api_name="inspect", **run)
+        # a new colouring applies at once, in the browser, to what is already shown
+        colour_by.change(None, colour_by, None, js=SET_COLOURING)
+        sweep_button.click(handlers.sweep, [prompt, checkpoint], [sweep_plot, sweep_summary, gr.JSON(visible=False)],
+                           api_name="memory_sweep", **run)
         scoring = score_button.click(handlers.surprisal, [prompt, checkpoint],
                                      [summary, surprisal_on, surprisal_off, surprisal_saved], api_name="surprisal",
                                      **run)
         for button, event, status in ((run_stop, generating, stats), (compare_stop, comparing, compare_stats),
-                                      (score_stop, scoring, summary)):
+                                      (score_stop, scoring, summary), (inspect_stop, inspecting, inspect_stats)):
             button.click(None, cancels=[event])
             event.then(stopped, status, status, queue=False, api_visibility="private")
         upload.upload(handlers.upload, upload, prompt, api_visibility="private")
         checkpoint.change(handlers.info, checkpoint, [info, mem_len], api_visibility="private")
         demo.load(handlers.info, checkpoint, [info, mem_len], api_visibility="private")
-    demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_SIZE)
+    demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("XLDEMO_QUEUE_SIZE", QUEUE_SIZE)))
     return demo
 
 
@@ -153,9 +180,10 @@ def _side_by_side(*views: tuple[str, str, str], follow: bool = True) -> list[gr.
     return out
 
 
-def _text_view(empty: str, elem_id: str, follow: bool = True) -> gr.HTML:
+def _text_view(empty: str, elem_id: str, follow: bool = True, script: str = "", css: str = "") -> gr.HTML:
     """A scrolling box for segmented text, following its end as it grows if follow; shows `empty` until it
-    has text."""
+    has text. script and css: more of each, for this view alone."""
+    scripts = (_asset("follow_end.js") if follow else "") + script
     return gr.HTML("", html_template=f'<div class="xl-view" data-empty="{render.escape(empty)}">${{value}}</div>',
-                   css_template=render.CSS, js_on_load=_asset("follow_end.js") if follow else None, elem_id=elem_id,
-                   container=True, padding=True)
+                   css_template=render.CSS + css, js_on_load=scripts or None, elem_id=elem_id, container=True,
+                   padding=True)

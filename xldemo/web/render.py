@@ -33,6 +33,10 @@ class SegmentedText:
             self._style = (segment, source)
         self._pending.append(text)
 
+    def add_token(self, token) -> None:
+        """A generated token (an engine Token event)."""
+        self.add(token.segment, "generated", token.text)
+
     def fold(self, first: int, last: int, n_bytes: int) -> None:
         """One line standing for segments first..last, which are not shown."""
         self._flush()

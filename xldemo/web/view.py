@@ -3,31 +3,45 @@ line, and how often an update is worth sending. No gradio here."""
 
 import math
 import time
+from collections.abc import Callable, Iterator
 
 from ..checkpoint import Checkpoint
-from ..engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, generate,
-                      segment_table)
+from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, segment_table
+from ..details import token_record
+from ..serving import generate
 from . import render
+from .memory_html import DetailedText
 
 PROMPT_SHOWN_BYTES = 32 * 1024  # earlier prompt segments are folded into one line of the view
+DETAILED_TOKENS = 4096  # the memory view shows at most this many prompt tokens, one span each
 UPDATE_EVERY_S = 0.08  # at most this often a streamed update, besides the first token, boundaries and the end
 
 
 class Run:
-    """An engine run and its view: the prompt and generated text by segment, and a status line."""
+    """An engine run and its view: the prompt and generated text by segment, and a status line. Its events come from
+    source(checkpoint, ids, settings), engine.generate's signature (default: serving.generate, the shared batch
+    where it can take the run, else the engine)."""
 
-    def __init__(self, checkpoint: Checkpoint, ids: list[int], settings: GenerationSettings, live_rate: bool = True):
+    def __init__(self, checkpoint: Checkpoint, ids: list[int], settings: GenerationSettings, live_rate: bool = True,
+                 colouring: str = "probability", source: Callable[..., Iterator] | None = None):
+        """With settings.details the view is the memory view, its generated text coloured by `colouring`."""
         self.live_rate = live_rate
         # the prompt's view is built before the engine starts, so its clock does not count it
-        segments = render.split_segments(ids, checkpoint.max_seq_len, checkpoint.tokenizer.stream_decoder())
-        self.view = render.SegmentedText()
-        render.add_prompt(self.view, segments, PROMPT_SHOWN_BYTES)
-        self.segment = len(segments) - 1
+        seg_len = checkpoint.max_seq_len
+        if settings.details:
+            self.view = DetailedText(checkpoint.tokenizer, ids, seg_len, detailed_from(ids, seg_len, settings.mem_len
+                                     if settings.mem_len is not None else checkpoint.max_mem_len), colouring)
+        else:
+            self.view = render.SegmentedText()
+            render.add_prompt(self.view, render.split_segments(ids, seg_len, checkpoint.tokenizer.stream_decoder()),
+                              PROMPT_SHOWN_BYTES)
+        self.segment = (len(ids) - 1) // seg_len
         self.prompt_tokens, self.seg_len = len(ids), checkpoint.max_seq_len
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self.text = ""
-        self.events = generate(checkpoint, ids, settings)
+        self.details: list[dict] = []  # per token, as the CLI's --details writes them
+        self.events = (source or generate)(checkpoint, ids, settings)
         self.started: Started | None = None
         self.finished: Finished | None = None
         self.warmup = (0, 0)
@@ -41,10 +55,12 @@ class Run:
                 if self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
                 self.tokens += 1
-                self.view.add(event.segment, "generated", event.text)
+                self.view.add_token(event)
                 self.token_ids.append(event.id)
                 self.logprobs.append(event.logprob)
                 self.text += event.text
+                if event.details is not None:
+                    self.details.append(token_record(event))
                 return event
             if isinstance(event, SegmentStarted):
                 if event.source == "generated":
@@ -95,7 +111,8 @@ class Run:
                 "reason": finished and finished.reason,
                 "warmup_s": finished and finished.warmup_s,
                 "time_to_first_token_s": finished and finished.time_to_first_token_s,
-                "decode_tokens_per_s": finished and _finite(finished.decode_tokens_per_s)}
+                "decode_tokens_per_s": finished and _finite(finished.decode_tokens_per_s),
+                **({"tokens": list(self.details)} if self.details else {})}
 
     def close(self) -> None:
         self.events.close()
@@ -111,6 +128,13 @@ def compare_status(on: Run, off: Run, settings: GenerationSettings) -> str:
     if on.first_token_at is None:
         return on.status()  # reading the prompt, warming memory up
     return render.live_line([(f"{on.tokens}", "tokens each")], note)
+
+
+def detailed_from(ids: list[int], seg_len: int, mem_len: int) -> int:
+    """The first prompt position the memory view shows: all that the first generated tokens can attend to (their
+    segment and the memory before it), at most DETAILED_TOKENS back."""
+    segment_start = (len(ids) - 1) // seg_len * seg_len
+    return max(0, segment_start - mem_len, len(ids) - DETAILED_TOKENS)
 
 
 class Throttle:
