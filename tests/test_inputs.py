@@ -4,7 +4,7 @@ import pytest
 
 from xldemo.engine import GenerationSettings
 from xldemo.errors import XLDemoError
-from xldemo.web.inputs import (DEFAULTS, DRAWN_SEEDS, INPUTS, MAX_PROMPT_BYTES, SAMPLING, check_prompt, escape_stop,
+from xldemo.web.inputs import (DATA_INPUTS, DEFAULTS, DRAWN_SEEDS, INPUTS, INSPECT_INPUTS, MAX_PROMPT_BYTES, SAMPLING, check_prompt, escape_stop,
                                parse_stop, read_upload, settings_from_inputs)
 
 
@@ -14,7 +14,8 @@ def inputs(**changes) -> dict:
 
 def test_every_sampling_input_is_a_generation_setting_and_its_default_is_valid():
     assert set(SAMPLING) <= set(GenerationSettings.__dataclass_fields__)
-    assert INPUTS[0] == "prompt" and set(INPUTS[1:]) == set(DEFAULTS)
+    for names in (INPUTS, DATA_INPUTS, INSPECT_INPUTS):
+        assert names[0] == "prompt" and set(names[1:]) <= set(DEFAULTS)
     for name, spec in SAMPLING.items():
         assert spec.minimum <= spec.value <= spec.maximum, name
         settings_from_inputs(inputs(**{name: spec.minimum}))  # each end of each range is a valid setting

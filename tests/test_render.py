@@ -70,7 +70,7 @@ def test_scales_put_values_in_levels_and_explain_them_in_a_legend():
     assert [render.SAVING.level(v) for v in (-3, -1, -0.5, 0, 0.5, 1.5, 3, 9)] == [0, 0, 1, 2, 3, 4, 5, 6]
     legend = render.SURPRISAL.legend()
     assert legend.count("<span") == len(render.SURPRISAL.bounds) + 1
-    assert "≤ 0.5" in legend and "&gt; 8" in legend and "bits per byte" in legend
+    assert "≤ 0.5" in legend and "&gt; 8" in legend and "bits spent" in legend
     for i in range(len(render.SAVING.bounds) + 1):  # every level has a colour
         assert f".xl-d{i} " in render.CSS
 
@@ -85,6 +85,8 @@ def test_surprisal_summary_reports_what_memory_saves():
     assert "<b>0.500</b> bits/byte saved by memory" in html
     assert "<b>1.000</b> saved after segment 0" in html
     assert "scored the first 9 of 20 bytes" in html
+    tokens = render.surprisal_summary([1.0] * 8, [1.5] * 8, 4, 8, 8, unit="token")
+    assert "<b>0.500</b> bits/token saved by memory" in tokens and "scored all 8 tokens" in tokens
 
 
 def test_stats_line_escapes_and_shows_rates():

@@ -17,7 +17,7 @@ from . import render
 from .inputs import DEFAULTS, INPUTS, SURPRISAL_BYTES, check_prompt, read_upload, settings_from_inputs
 from .plots import sweep_chips, sweep_figure, sweep_note
 from .sources import cached_checkpoint, checkpoint_source, model_chips
-from .view import Run, Throttle, compare_status, surprisal_views
+from .view import Run, Throttle, compare_status, surprisal_views, token_unit
 
 
 class UserError(gr.Error):
@@ -134,17 +134,18 @@ class Handlers:
 
     @told_to_the_user
     def surprisal(self, prompt, checkpoint=None):
-        """Streams (summary HTML, memory-on HTML, memory-off HTML, bits-saved HTML): the prompt's bytes coloured
+        """Streams (summary HTML, memory-on HTML, memory-off HTML, bits-saved HTML): the prompt's tokens coloured
         by the bits the model spends on them, with memory and without, and by the difference."""
         prompt = check_prompt(prompt)
         model = self.load(checkpoint)
         all_ids = model.tokenizer.encode(prompt)
         ids = all_ids[:SURPRISAL_BYTES]
+        unit = token_unit(model)
         if len(ids) < 2:
-            raise XLDemoError("The prompt needs at least two bytes to score.")
-        yield render.live_line([], f"scoring {len(ids):,} bytes with memory…"), "", "", ""
+            raise XLDemoError(f"The prompt needs at least two {unit}s to score.")
+        yield render.live_line([], f"scoring {len(ids):,} {unit}s with memory…"), "", "", ""
         bits_on = surprisal_bits(model, ids, memory=True)
-        yield render.live_line([], f"scoring {len(ids):,} bytes without memory…"), "", "", ""
+        yield render.live_line([], f"scoring {len(ids):,} {unit}s without memory…"), "", "", ""
         bits_off = surprisal_bits(model, ids, memory=False)
         yield surprisal_views(model, ids, bits_on, bits_off, len(all_ids))
 

@@ -32,7 +32,7 @@ class Spec:
 
 # keyed by GenerationSettings field
 SAMPLING = {
-    "max_new_tokens": Spec("Max new tokens", 1, 4096, 1, 400, "one token is one byte"),
+    "max_new_tokens": Spec("Max new tokens", 1, 4096, 1, 400, "a token is a byte, for byte models"),
     "temperature": Spec("Temperature", 0.0, 2.0, 0.05, 0.8, "0 is greedy"),
     "top_k": Spec("Top-k", 0, 256, 1, 0, "0 is off"),
     "top_p": Spec("Top-p", 0.01, 1.0, 0.01, 0.95, "1 is off"),

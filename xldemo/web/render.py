@@ -156,7 +156,7 @@ class Scale:
         return f'<div class="xl-legend">{escape(self.title)}: {spans}</div>'
 
 
-SURPRISAL = Scale("xl-b", (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0), "bits per byte")
+SURPRISAL = Scale("xl-b", (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0), "bits spent")
 SAVING = Scale("xl-d", (-1.0, -0.25, 0.25, 1.0, 2.0, 4.0), "bits saved by memory")
 
 
@@ -178,22 +178,22 @@ def coloured_html(pieces: list[tuple[str, float | None, int]], scale: Scale) -> 
     return "".join(out)
 
 
-def surprisal_summary(bits_on: list[float], bits_off: list[float], seg_len: int, scored_bytes: int,
-                      prompt_bytes: int) -> str:
-    """Mean bits per byte with and without memory, over the whole text and after its first segment (where
-    the two can differ)."""
+def surprisal_summary(bits_on: list[float], bits_off: list[float], seg_len: int, scored: int, prompt_tokens: int,
+                      unit: str = "byte") -> str:
+    """Mean bits per token (a byte, for byte models) with and without memory, over the whole text and after its
+    first segment (where the two can differ)."""
     def mean(values):
         return sum(values) / len(values) if values else math.nan
 
     on, off = mean(bits_on), mean(bits_off)
-    # bits[i] predicts byte i + 1 from position i; memory first acts at position seg_len
+    # bits[i] predicts token i + 1 from position i; memory first acts at position seg_len
     later_on, later_off = mean(bits_on[seg_len:]), mean(bits_off[seg_len:])
-    items = [(f"{off - on:.3f}", "bits/byte saved by memory"),
-             (f"{on:.3f}", "bits/byte with memory"), (f"{off:.3f}", "without")]
+    items = [(f"{off - on:.3f}", f"bits/{unit} saved by memory"),
+             (f"{on:.3f}", f"bits/{unit} with memory"), (f"{off:.3f}", "without")]
     if bits_on[seg_len:]:
         items.append((f"{later_off - later_on:.3f}", "saved after segment 0"))
-    note = (f"scored the first {scored_bytes:,} of {prompt_bytes:,} bytes" if scored_bytes < prompt_bytes
-            else f"scored all {scored_bytes:,} bytes")
+    note = (f"scored the first {scored:,} of {prompt_tokens:,} {unit}s" if scored < prompt_tokens
+            else f"scored all {scored:,} {unit}s")
     return stats_line(items, note)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from ..checkpoint import Checkpoint
 from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, segment_table
 from ..details import token_record
+from ..tokenizer import BYTES
 from ..serving import generate
 from . import render
 from .memory_html import DetailedText
@@ -130,6 +131,11 @@ def compare_status(on: Run, off: Run, settings: GenerationSettings) -> str:
     return render.live_line([(f"{on.tokens}", "tokens each")], note)
 
 
+def token_unit(checkpoint: Checkpoint) -> str:
+    """What the page calls a token: a byte, for byte models."""
+    return "byte" if checkpoint.tokenizer.name == BYTES else "token"
+
+
 def detailed_from(ids: list[int], seg_len: int, mem_len: int) -> int:
     """The first prompt position the memory view shows: all that the first generated tokens can attend to (their
     segment and the memory before it), at most DETAILED_TOKENS back."""
@@ -160,7 +166,7 @@ def surprisal_views(checkpoint: Checkpoint, ids: list[int], bits_on: list[float]
                                   scale)
              for values, scale in ((bits_on, render.SURPRISAL), (bits_off, render.SURPRISAL),
                                    (saved, render.SAVING))]
-    summary = render.surprisal_summary(bits_on, bits_off, seg_len, len(ids), prompt_tokens)
+    summary = render.surprisal_summary(bits_on, bits_off, seg_len, len(ids), prompt_tokens, token_unit(checkpoint))
     return summary + render.SURPRISAL.legend() + render.SAVING.legend(), *views
 
 
