@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -193,7 +192,8 @@ def test_app_py_builds_the_demo_on_import_and_serves_only_when_run(app_folder):
     source = (ROOT / "app.py").read_text()
     assert "torch" not in source and 'if __name__ == "__main__":' in source
     check = ("import app, gradio; "
-             "assert isinstance(app.demo, gradio.Blocks) and not app.demo.is_running and app.demo.local_url is None; print('built, not serving')")
+             "assert isinstance(app.demo, gradio.Blocks) and not app.demo.is_running and app.demo.local_url is None; "
+             "print('built, not serving')")
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "XLDEMO_CHECKPOINT": str(app_folder)})
     assert done.returncode == 0 and "built, not serving" in done.stdout, done.stderr[-2000:]

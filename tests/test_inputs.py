@@ -4,8 +4,8 @@ import pytest
 
 from xldemo.engine import GenerationSettings
 from xldemo.errors import XLDemoError
-from xldemo.web.inputs import (DATA_INPUTS, DEFAULTS, DRAWN_SEEDS, INPUTS, INSPECT_INPUTS, MAX_PROMPT_BYTES, SAMPLING, check_prompt, escape_stop,
-                               parse_stop, read_upload, settings_from_inputs)
+from xldemo.web.inputs import (DATA_INPUTS, DEFAULTS, DRAWN_SEEDS, INPUTS, INSPECT_INPUTS, MAX_PROMPT_BYTES,
+                               SAMPLING, check_prompt, escape_stop, parse_stop, read_upload, settings_from_inputs)
 
 
 def inputs(**changes) -> dict:

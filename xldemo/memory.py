@@ -27,7 +27,8 @@ def warm_up_memory(net: TransformerWrapper, tokens: torch.Tensor, mem_len: int, 
     """Runs tokens (b, n) through net one segment of max_seq_len at a time, each with the memory the ones before
     left, and yields the memory after each segment: the segmentation of the teacher-forced pass."""
     for start in range(0, tokens.shape[-1], net.max_seq_len):
-        _, inter = net(tokens[:, start:start + net.max_seq_len], mems=mems, return_embeddings=True, return_intermediates=True)
+        _, inter = net(tokens[:, start:start + net.max_seq_len], mems=mems, return_embeddings=True,
+                       return_intermediates=True)
         mems = next_memory(mems, inter.hiddens, mem_len, net.shift_mem_down)
         yield mems
 
