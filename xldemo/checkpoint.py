@@ -59,14 +59,53 @@ def check_config(config) -> dict:
 
 def build_model(config: dict) -> TransformerWrapper:
     """The untrained TransformerWrapper that config describes."""
+    model = _construct(config)
+    _check_runs(model)
+    return model
+
+
+def parameter_count(config: dict) -> int:
+    """The parameters of the model config describes, counted on the meta device: no memory taken, nothing run."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in _construct(config).parameters())
+
+
+def check_hub_size(repo_id: str, max_parameters: int, max_bytes: int, revision: str | None = None,
+                   cache_dir: str | None = None) -> None:
+    """Refuses a Hub checkpoint too big to serve before any weights are downloaded: config.json alone is fetched
+    and its parameters counted, then the files' sizes are read from the Hub's metadata. Messages name the repo."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        config = json.loads(Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision, cache_dir=cache_dir))
+                            .read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise XLDemoError(f"checkpoint {repo_id!r}: its {CONFIG_FILE} is not valid JSON") from None
+    except Exception as e:  # offline, unknown repo or revision, network: all mean "cannot have it"
+        raise XLDemoError(f"checkpoint {repo_id!r}: the Hugging Face Hub cannot provide its {CONFIG_FILE} "
+                          f"({type(e).__name__})") from None
+    count = parameter_count(config)
+    if count > max_parameters:
+        raise XLDemoError(f"checkpoint {repo_id!r} has {count / 1e6:,.1f}M parameters; this server loads models of "
+                          f"at most {max_parameters / 1e6:,.1f}M")
+    try:
+        files = HfApi().get_paths_info(repo_id, HUB_FILES, revision=revision)
+    except Exception as e:
+        raise XLDemoError(f"checkpoint {repo_id!r}: the Hugging Face Hub cannot list its files "
+                          f"({type(e).__name__})") from None
+    size = sum(getattr(f, "size", None) or 0 for f in files)
+    if size > max_bytes:
+        raise XLDemoError(f"checkpoint {repo_id!r} is {size / 2**20:,.0f} MB to download; this server downloads at "
+                          f"most {max_bytes / 2**20:,.0f} MB")
+
+
+def _construct(config: dict) -> TransformerWrapper:
     kwargs = {k: v for k, v in check_config(config).items() if k not in XLDEMO_KEYS}
     attn_layers = dict(kwargs.pop("attn_layers"))
     try:
-        model = TransformerWrapper(attn_layers=Decoder(**attn_layers), **kwargs)
+        return TransformerWrapper(attn_layers=Decoder(**attn_layers), **kwargs)
     except Exception as e:  # x-transformers reports bad arguments as TypeError, AssertionError, ValueError...
         raise XLDemoError(f"config.json: x-transformers rejects it: {one_line(e)}") from None
-    _check_runs(model)
-    return model
 
 
 @torch.inference_mode()
@@ -83,8 +122,18 @@ def _check_runs(model: TransformerWrapper) -> None:
 
 def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str | None = None,
                     cache_dir: str | None = None) -> Checkpoint:
-    """A local folder, else a Hugging Face Hub repo id (honouring revision, the cache and HF_HUB_OFFLINE)."""
+    """A local folder, else a Hugging Face Hub repo id (honouring revision, the cache and HF_HUB_OFFLINE). A Hub
+    repo's errors name the repo, not the folder of the server's cache it sits in."""
     folder = resolve(name_or_path, revision, cache_dir)
+    try:
+        return _load(folder, str(name_or_path))
+    except XLDemoError as e:
+        if folder == Path(name_or_path).expanduser():  # a local folder: the caller named that path
+            raise
+        raise XLDemoError(str(e).replace(str(folder), f"{name_or_path} (Hugging Face Hub)")) from None
+
+
+def _load(folder: Path, source: str) -> Checkpoint:
     config = read_config(folder)
     tokenizer = load_tokenizer(config.get("tokenizer", XLDEMO_KEYS["tokenizer"]), folder, config["num_tokens"])
     model = build_model(config)
@@ -99,7 +148,7 @@ def load_checkpoint(name_or_path: str | Path = DEFAULT_CHECKPOINT, revision: str
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
         raise XLDemoError(f"{weights}: weights do not fit config.json ({one_line(e)})") from None
-    return Checkpoint(model.eval(), config, tokenizer, str(name_or_path))
+    return Checkpoint(model.eval(), config, tokenizer, source)
 
 
 def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: str | None = None) -> Path:
@@ -109,13 +158,14 @@ def resolve(name_or_path: str | Path, revision: str | None = None, cache_dir: st
     name = str(name_or_path)
     if path.exists() or not REPO_ID.match(name):
         raise XLDemoError(f"checkpoint {name!r}: no such folder, and not a Hugging Face Hub repo id (owner/name)")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
         return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILES))
     except Exception as e:  # offline, unknown repo or revision, network: all mean "cannot have it"
+        reason = one_line(e).replace(str(cache_dir or constants.HF_HUB_CACHE), "the Hub cache")  # no server paths
         raise XLDemoError(f"checkpoint {name!r}: not a local folder, and the Hugging Face Hub "
-                          f"cannot provide it ({type(e).__name__}: {one_line(e)})") from None
+                          f"cannot provide it ({type(e).__name__}: {reason})") from None
 
 
 def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path, dtype: str = "float32") -> Path:
