@@ -96,7 +96,7 @@ def test_defaults_apply_to_every_input_but_the_prompt(app_client, app_folder):
     (PROMPT, {"stop": "x" * 65}, "at most 64 characters"),
     (PROMPT, {"checkpoint": "/etc"}, "Unknown checkpoint"),
     (PROMPT, {"checkpoint": "../../secrets"}, "Unknown checkpoint"),
-    (PROMPT, {"checkpoint": "nobody/no-such-xl"}, "the Hugging Face Hub cannot provide it"),
+    (PROMPT, {"checkpoint": "nobody/no-such-xl"}, "does not load 'nobody/no-such-xl' from the Hugging Face Hub"),
 ], ids=lambda value: value if isinstance(value, str) and len(value) < 40 else None)
 def test_bad_inputs_get_a_clear_error_and_the_server_keeps_serving(app_client, prompt, inputs, message):
     with pytest.raises(AppError, match=re.escape(message)):

@@ -8,7 +8,8 @@ from xldemo.errors import XLDemoError
 from xldemo.web import sources
 
 
-def test_only_shipped_checkpoints_the_default_and_hub_ids_are_accepted(tmp_path):
+def test_only_shipped_checkpoints_the_default_and_allowed_hub_ids_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("XLDEMO_ALLOWED_REPOS", "*")  # tests/test_hub_fence.py tests the fence itself
     default = str(tmp_path)
     assert sources.checkpoint_source(default, default) == default
     assert sources.checkpoint_source("someone/some-xl", default) == "someone/some-xl"

@@ -4,11 +4,15 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from ..checkpoint import DEFAULT_CHECKPOINT, REPO_ID, SHIPPED, Checkpoint, load_checkpoint, read_config, \
-    shipped_checkpoints
+from ..checkpoint import (DEFAULT_CHECKPOINT, REPO_ID, SHIPPED, Checkpoint, check_hub_size, load_checkpoint,
+                          read_config, shipped_checkpoints)
 from ..errors import XLDemoError
 
 CACHE_SIZE = 2  # checkpoints held in memory, least recently used dropped first
+# the operator's fence around visitors' Hub repo ids: defaults, each overridden by the environment variable it names
+FENCE = {"XLDEMO_ALLOWED_REPOS": "",  # repo ids visitors may load, comma-separated, or * for any; none by default
+         "XLDEMO_MAX_PARAMETERS": "100000000",  # a Hub checkpoint's largest model
+         "XLDEMO_MAX_DOWNLOAD_MB": "512"}  # a Hub checkpoint's largest download
 
 
 def configured_checkpoint() -> str:
@@ -18,7 +22,8 @@ def configured_checkpoint() -> str:
 
 def checkpoint_source(name, default: str) -> str:
     """Where to load a checkpoint named in the UI from: a shipped name, the configured default, or a Hub repo
-    id. Other local paths are refused: a client must not make the server read arbitrary folders."""
+    id that XLDEMO_ALLOWED_REPOS allows. Other local paths are refused: a client must not make the server read
+    arbitrary folders."""
     if not isinstance(name, str) or not name.strip():
         raise XLDemoError("Choose a checkpoint: a shipped one, or a Hugging Face Hub repo id (owner/name).")
     name = name.strip()
@@ -27,6 +32,10 @@ def checkpoint_source(name, default: str) -> str:
     if name == default:
         return name
     if REPO_ID.match(name) and ".." not in name and not Path(name).expanduser().exists():
+        allowed = {r.strip() for r in _setting("XLDEMO_ALLOWED_REPOS").split(",")}
+        if "*" not in allowed and name not in allowed:
+            raise XLDemoError(f"This server does not load {name!r} from the Hugging Face Hub: its operator lists the "
+                              f"repos it may load in XLDEMO_ALLOWED_REPOS.")
         return name
     shipped = ", ".join(shipped_checkpoints()) or "none"
     raise XLDemoError(f"Unknown checkpoint {name!r}: choose a shipped one ({shipped}) or type a Hugging Face Hub "
@@ -35,8 +44,15 @@ def checkpoint_source(name, default: str) -> str:
 
 @lru_cache(maxsize=CACHE_SIZE)
 def cached_checkpoint(source: str) -> Checkpoint:
-    """The checkpoint at source, loaded once and shared read-only by every run; a failed load is not cached."""
+    """The checkpoint at source, loaded once and shared read-only by every run; a failed load is not cached. A Hub
+    repo's size is checked against XLDEMO_MAX_PARAMETERS and XLDEMO_MAX_DOWNLOAD_MB before its weights come."""
+    if REPO_ID.match(source) and not Path(source).expanduser().is_dir():
+        check_hub_size(source, int(_setting("XLDEMO_MAX_PARAMETERS")), int(_setting("XLDEMO_MAX_DOWNLOAD_MB")) * 2**20)
     return load_checkpoint(source)
+
+
+def _setting(name: str) -> str:
+    return os.environ.get(name, FENCE[name])
 
 
 def default_max_mem_len(source: str, fallback: int) -> int:
