@@ -1,7 +1,10 @@
 """python -m xldemo generate: streaming, the JSON line, exactness, and one-line errors with exit code 2."""
 
+import argparse
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +16,10 @@ import torch
 from conftest import tiny_checkpoint, tiny_config
 from xldemo import engine
 from xldemo.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
-from xldemo.cli import main
+from xldemo.cli import build_parser, main
+from xldemo.decoders import DECODERS
 from xldemo.details import token_record
+from xldemo.engine import GenerationSettings
 from xldemo.teacher import teacher_forced_logits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,3 +207,18 @@ def test_greedy_on_the_shipped_checkpoint_is_exact_across_boundaries(capsys, tmp
     ids = result["token_ids"]
     logits = teacher_forced_logits(load_checkpoint(DEFAULT_CHECKPOINT).model, torch.tensor([list(prompt) + ids]))[0]
     assert logits[len(prompt) - 1:-1].argmax(-1).tolist() == ids
+
+
+def test_every_option_of_every_subcommand_says_what_it_is():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"generate", "train", "eval", "bench", "import"} <= set(commands)
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                words = re.sub(r"\(default: [^)]*\)", "", action.help or "").split()
+                assert len(words) >= 2, f"{name} {action.option_strings[0]}: {action.help!r}"
+    offered = {a.dest for a in commands["generate"]._actions}
+    assert {f.name for f in dataclasses.fields(GenerationSettings)} <= offered
+    decoder = next(a for a in commands["generate"]._actions if a.dest == "decoder")
+    assert list(decoder.choices) == ["auto", *DECODERS]
