@@ -44,6 +44,19 @@ def tiny_checkpoint(config: dict | None = None, seed: int = 0) -> Checkpoint:
     return Checkpoint(model, config, ByteTokenizer(), "tiny")
 
 
+def byte_level_bpe(text: str, vocab_size: int = 280):
+    """A byte-level BPE trained on text as GPT-2 builds one: characters outside its merges take several tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator([text], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return tokenizer
+
+
 @pytest.fixture
 def checkpoint() -> Checkpoint:
     return tiny_checkpoint()

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from x_transformers import Decoder, TransformerWrapper
 from x_transformers.xl_autoregressive_wrapper import XLAutoregressiveWrapper
 
-from conftest import tiny_config
+from conftest import byte_level_bpe, tiny_config
 from xldemo.checkpoint import load_checkpoint
 from xldemo.cli import main
 from xldemo.errors import XLDemoError
@@ -204,19 +203,8 @@ def test_character_vocabulary_refuses_what_it_cannot_encode(tmp_path, capsys, pr
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
-def train_bpe(text: str, vocab_size: int = 300) -> Tokenizer:
-    """A byte-level BPE as GPT-2 builds one: characters outside its merges take several tokens."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    return tokenizer
-
-
 def test_bpe_tokenizer_json(tmp_path, capsys):
-    bpe = train_bpe(TEXT)
+    bpe = byte_level_bpe(TEXT, 300)
     bpe.save(str(tmp_path / "bpe.json"))
     config = {**tiny_config(seq_len=L, mem_len=L), "num_tokens": bpe.get_vocab_size()}
     wrapper = train(config, bpe.encode(TEXT).ids, steps=60)
@@ -238,7 +226,7 @@ def test_bpe_tokenizer_json(tmp_path, capsys):
 def test_a_character_over_several_bpe_tokens_streams_whole(tmp_path, capsys):
     """é and the wave are no merges of this BPE: each arrives as two and four byte tokens, and the imported
     checkpoint's tokenizer shows nothing of either until all its tokens have come."""
-    bpe = train_bpe(TEXT)
+    bpe = byte_level_bpe(TEXT, 300)
     bpe.save(str(tmp_path / "bpe.json"))
     config = {**tiny_config(seq_len=L, mem_len=L), "num_tokens": bpe.get_vocab_size()}
     import_cli(capsys, SAVES["model state dict"](train(config, bpe.encode(TEXT).ids, steps=1), tmp_path), config,

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors
+
+from conftest import byte_level_bpe
 
 from xldemo.errors import XLDemoError
 from xldemo.tokenizer import ByteTokenizer, TokenizerJson, VocabTokenizer, load_tokenizer, read_tokenizer
@@ -69,16 +71,6 @@ def test_character_vocabulary_refuses_what_it_cannot_encode_in_one_line(tmp_path
     with pytest.raises(XLDemoError) as error:
         tokenizer.encode(prompt)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
-
-
-def byte_level_bpe(text: str, vocab_size: int = 280) -> HFTokenizer:
-    tokenizer = HFTokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator([text], trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    return tokenizer
 
 
 def tokenizer_json(tmp_path, hf: HFTokenizer) -> TokenizerJson:
