@@ -29,14 +29,7 @@ def cmd_generate(args) -> None:
     if settings.details and not args.json:
         raise XLDemoError("--details adds per-token figures to the --json line: give --json too")
     checkpoint = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, revision=args.revision)
-    if args.prompt_file is not None:
-        try:
-            # raw: byte tokens take every byte as it is; the other tokenizers read it as UTF-8 text
-            prompt = Path(args.prompt_file).read_bytes()
-        except OSError as e:
-            raise XLDemoError(f"--prompt-file: cannot read {args.prompt_file!r} ({e.strerror})") from None
-    else:
-        prompt = args.prompt
+    prompt = args.prompt if args.prompt_file is None else read_prompt_file(args.prompt_file)
     prompt_ids = checkpoint.tokenizer.encode(prompt)
     streamed = []  # the first sample's tokens, for --details
     for event in generate(checkpoint, prompt_ids, settings):
@@ -70,6 +63,14 @@ def cmd_generate(args) -> None:
         }))
 
 
+def read_prompt_file(path: str) -> bytes:
+    """The file's raw bytes: byte tokens take every byte as it is; the other tokenizers read them as UTF-8 text."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise XLDemoError(f"--prompt-file: cannot read {path!r} ({e.strerror})") from None
+
+
 def cmd_train(args) -> None:
     from .train import TrainSettings, train
 
@@ -92,10 +93,7 @@ def cmd_sweep(args) -> None:
     from .tokenizer import BYTES
 
     checkpoint = load_checkpoint(args.checkpoint)
-    try:
-        prompt = Path(args.prompt_file).read_bytes()  # as generate reads it
-    except OSError as e:
-        raise XLDemoError(f"--prompt-file: cannot read {args.prompt_file!r} ({e.strerror})") from None
+    prompt = read_prompt_file(args.prompt_file)
     result = memory_sweep(checkpoint.model, checkpoint.tokenizer.encode(prompt), args.mem_lens)
     print(sweep_table(result, "byte" if checkpoint.tokenizer.name == BYTES else "token"), end="")
     if args.json:
