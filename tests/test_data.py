@@ -12,8 +12,10 @@ from xldemo import data
 NAMES = ["hamlet_gut.txt", "hamlet_gut_f.txt", "julius_caesar_gut.txt", "julius_caesar_gut_f.txt",
          "macbeth_gut.txt", "macbeth_gut_f.txt", "sonnets_gut.txt", "tempest_gut.txt", "tempest_gut_f.txt"]
 # decided by hand from the rules: test = every edition of the test plays, validation = Julius Caesar's modern
-# edition, train = every other modern edition; no folio edition (_gut_f) outside the test set
+# edition, train = every other modern edition, train_folio = the folio editions of the training plays; Julius
+# Caesar's folio edition is in no split
 EXPECTED = {"train": ["hamlet_gut.txt", "sonnets_gut.txt"],
+            "train_folio": ["hamlet_gut_f.txt"],
             "validation": ["julius_caesar_gut.txt"],
             "test": ["macbeth_gut.txt", "macbeth_gut_f.txt", "tempest_gut.txt", "tempest_gut_f.txt"]}
 WINDOW = 64  # bytes: long enough that no two different plays share one (checked on the real split below)
@@ -69,7 +71,7 @@ def test_prepare_is_deterministic_and_matches_the_cache_training_used(prepared, 
         (tmp_path / name / data.ARCHIVE).symlink_to(data.fetch_archive(data.DEFAULT_CACHE))
         folders.append(data.prepare(tmp_path / name))
     files = sorted(p.relative_to(prepared) for p in prepared.rglob("*") if p.is_file())
-    assert "train.bin" in map(str, files) and len(files) == 3 + len(EXPECTED["test"])
+    assert "train_folio.bin" in map(str, files) and len(files) == 4 + len(EXPECTED["test"])
     for folder in folders:
         assert sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file()) == files
         for name in files:
@@ -85,11 +87,18 @@ def test_prepared_splits_hold_exactly_the_right_editions(prepared, archive_texts
                for n in manifest["train"])
     assert len(manifest["train"]) == sum(n.endswith("_gut.txt") for n in archive_texts) - 3
     assert data.load_split(prepared, "train") == data.SEPARATOR.join(archive_texts[n] for n in manifest["train"])
+    assert all(n.endswith("_gut_f.txt") and not n.startswith(("tempest", "macbeth", "julius_caesar"))
+               for n in manifest["train_folio"])
+    assert len(manifest["train_folio"]) == sum(n.endswith("_gut_f.txt") for n in archive_texts) - 3
+    assert data.load_split(prepared, "train_folio") == data.SEPARATOR.join(archive_texts[n]
+                                                                           for n in manifest["train_folio"])
+    assert data.train_plays(data.DEFAULT_CACHE) == {n: archive_texts[n] for n in manifest["train"]}
     assert data.test_texts(prepared) == {n: archive_texts[n] for n in manifest["test"]}
 
 
 def test_no_held_out_text_is_in_the_training_data(prepared):
-    train, validation = data.load_split(prepared, "train"), data.load_split(prepared, "validation")
+    train = data.load_split(prepared, "train") + data.SEPARATOR + data.load_split(prepared, "train_folio")
+    validation = data.load_split(prepared, "validation")
     assert not shared_passages(validation, train)
     for name, text in data.test_texts(prepared).items():
         assert not shared_passages(text, train), name

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,9 @@ DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data"
 TEST_PLAYS = ("tempest", "macbeth")
 VALIDATION_PLAY = "julius_caesar"
 MODERN = "_gut.txt"  # the folio editions end in _gut_f.txt and are near-duplicates of these
+FOLIO = "_gut_f.txt"
 SEPARATOR = b"\n\n\n"
+SPLITS = ("train", "train_folio", "validation")  # the splits prepare joins into one .bin each
 
 
 def fetch_archive(cache: Path = DEFAULT_CACHE) -> Path:
@@ -42,8 +45,9 @@ def read_texts(archive: Path) -> dict[str, bytes]:
 
 
 def split_texts(texts: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
-    """split name -> {file name: bytes}. train: modern editions, minus validation and test plays."""
-    splits = {"train": {}, "validation": {}, "test": {}}
+    """split name -> {file name: bytes}. train: modern editions, minus validation and test plays; train_folio: the
+    folio editions of the same plays, trained on only when asked; the validation play's folio edition is in none."""
+    splits = {"train": {}, "train_folio": {}, "validation": {}, "test": {}}
     for name in sorted(texts):
         if name.startswith(TEST_PLAYS):
             splits["test"][name] = texts[name]
@@ -52,24 +56,35 @@ def split_texts(texts: dict[str, bytes]) -> dict[str, dict[str, bytes]]:
                 splits["validation"][name] = texts[name]
         elif name.endswith(MODERN):
             splits["train"][name] = texts[name]
+        elif name.endswith(FOLIO):
+            splits["train_folio"][name] = texts[name]
     return splits
 
 
 def prepare(cache: Path = DEFAULT_CACHE) -> Path:
-    """Writes cache/shakespeare/{train,validation}.bin, test/*.txt and manifest.json once; returns the folder."""
+    """Writes cache/shakespeare/{train,train_folio,validation}.bin, test/*.txt and manifest.json once; returns the
+    folder. A cache from before train_folio existed is completed, the files it had rewritten with the same bytes."""
     folder = Path(cache) / "shakespeare"
     manifest = folder / "manifest.json"
-    if manifest.is_file():
+    if manifest.is_file() and all((folder / f"{split}.bin").is_file() for split in SPLITS):
         return folder
     splits = split_texts(read_texts(fetch_archive(cache)))
     (folder / "test").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "validation"):
-        (folder / f"{split}.bin").write_bytes(SEPARATOR.join(splits[split].values()))
+    for split in SPLITS:
+        _write(folder / f"{split}.bin", SEPARATOR.join(splits[split].values()))
     for name, text in splits["test"].items():
-        (folder / "test" / name).write_bytes(text)
-    manifest.write_text(json.dumps({"archive_sha256": ARCHIVE_SHA256,
-                                    **{split: sorted(files) for split, files in splits.items()}}, indent=2) + "\n")
+        _write(folder / "test" / name, text)
+    _write(manifest, (json.dumps({"archive_sha256": ARCHIVE_SHA256,
+                                  **{split: sorted(files) for split, files in splits.items()}}, indent=2)
+                      + "\n").encode())
     return folder
+
+
+def _write(path: Path, content: bytes) -> None:
+    """Whole or not at all: a run reading the cache meanwhile sees the old file or the new one, never a part."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_bytes(content)
+    os.replace(partial, path)
 
 
 def load_split(folder: Path, split: str) -> bytes:
@@ -78,3 +93,8 @@ def load_split(folder: Path, split: str) -> bytes:
 
 def test_texts(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((Path(folder) / "test").glob("*.txt"))}
+
+
+def train_plays(cache: Path = DEFAULT_CACHE) -> dict[str, bytes]:
+    """file name -> bytes of every modern edition in the train split, one by one (train.bin joins them)."""
+    return split_texts(read_texts(fetch_archive(cache)))["train"]
