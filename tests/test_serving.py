@@ -2,6 +2,7 @@
 tokens of their solo engine runs and the logits of their teacher-forced passes; closing a stream frees its row."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 import torch
@@ -111,7 +112,8 @@ def test_closing_a_stream_frees_its_row_at_once_and_the_others_carry_on():
     checkpoint = tiny_checkpoint()
     scheduler = Scheduler(checkpoint)
     stopped = scheduler.generate([1, 2, 3], GenerationSettings(max_new_tokens=4000, seed=1))
-    kept, read = scheduler.generate(prompt_of(4), settings_of(4)), []
+    kept_settings = replace(settings_of(4), max_new_tokens=2000)  # long enough to be still running when checked
+    kept, read = scheduler.generate(prompt_of(4), kept_settings), []
     next(e for e in stopped if isinstance(e, Token))
     while not isinstance(event := next(kept), Token) or len(read) < 5:
         read.append(event)
@@ -119,7 +121,7 @@ def test_closing_a_stream_frees_its_row_at_once_and_the_others_carry_on():
     assert scheduler.live() == (2, 0)
     stopped.close()
     assert scheduler.live() == (1, 0) and scheduler.decoder.rows == 1  # when close returns, the row is free
-    assert same_events(read + list(kept), solo(checkpoint, 4))
+    assert same_events(read + list(kept), list(generate(checkpoint, prompt_of(4), kept_settings)))
     assert scheduler.live() == (0, 0)
     assert list(scheduler.generate([4], GenerationSettings(max_new_tokens=3)))[-1].reason == "length"
 

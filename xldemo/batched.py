@@ -61,23 +61,30 @@ class BatchedDecoder:
         offsets = torch.tensor(self.offsets)  # (b,)
         slot = offsets + top  # (b,): where each row's token goes
         begin, end = top - max(self.memory), top + max(self.offsets) + 1  # the keys any row attends to
-        keys = self.slot_index[begin:end]  # (keys,)
-        mask = (keys >= top - torch.tensor(self.memory)[:, None]) & (keys <= slot[:, None])  # (b, keys)
-        mask = mask[:, None, None]  # (b, 1, 1, keys)
+        keys = self.slot_index[begin:end]  # (n,)
+        hidden_keys = (keys < top - torch.tensor(self.memory)[:, None]) | (keys > slot[:, None])  # (b, n)
+        # one (query, keys) product per row and head: attention's batch is rows times heads
+        bias = torch.zeros(b, 1, keys.numel()).masked_fill_(hidden_keys[:, None], float("-inf"))  # (b, 1, n)
+        bias = bias.expand(b, self.heads, -1).reshape(b * self.heads, 1, -1)  # (b * h, 1, n)
+        bh, n, scale = b * self.heads, keys.numel(), self.dim_head ** -0.5
         rows = self.row_index[:b]
         x = F.embedding(ids, fast.embed)  # (b, d)
         if fast.pos_embed is not None:
             x = x + fast.pos_embed[offsets]
         rotation = None if fast.rotary is None else self.rotation[slot][:, None, None]  # (b, 1, 1, r / 2)
-        for block, hidden, raw_keys, kv in zip(fast.blocks, self.hidden, self.raw_keys, self.kv):
+        for block, hidden, raw_keys, keys, values in zip(fast.blocks, self.hidden, self.raw_keys, self.keys,
+                                                         self.values):
             hidden[rows, slot] = x
             qkv = (F.layer_norm(x, x.shape[-1:], block.attn_norm) @ block.qkv).view(b, 3, self.heads, self.dim_head)
             raw_keys[rows, :, slot] = qkv[:, 1]
             if rotation is not None:
                 _rotate(qkv[:, :2], rotation)  # q and k
-            kv[rows, :, :, slot] = qkv[:, 1:]  # (b, 2, h, dh)
-            out = F.scaled_dot_product_attention(qkv[:, 0, :, None], kv[:b, 0, :, begin:end], kv[:b, 1, :, begin:end],
-                                                 attn_mask=mask).flatten(1)  # (b, h * dh)
+            keys[rows, :, slot] = qkv[:, 1]  # (b, h, dh)
+            values[rows, :, slot] = qkv[:, 2]
+            # scaled_dot_product_attention's CPU kernel is slower for one query per row than these two products
+            scores = torch.baddbmm(bias, qkv[:, 0].reshape(bh, 1, -1),
+                                   keys[:b, :, begin:end].reshape(bh, n, -1).transpose(1, 2), alpha=scale)  # (bh, 1, n)
+            out = torch.bmm(scores.softmax(dim=-1), values[:b, :, begin:end].reshape(bh, n, -1)).view(b, -1)  # (b, h * dh)
             x = x + out if block.out is None else torch.addmm(x, out, block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
             x = x + torch.addmm(block.ff_out_bias, F.gelu(torch.addmm(block.ff_in_bias, h, block.ff_in)), block.ff_out)
@@ -91,8 +98,8 @@ class BatchedDecoder:
         if row != last:
             begin, end = self.memory_slots - self.memory[last], self.memory_slots + self.offsets[last]
             self.hidden[:, row, begin:end] = self.hidden[:, last, begin:end]
-            self.raw_keys[:, row, :, begin:end] = self.raw_keys[:, last, :, begin:end]
-            self.kv[:, row, :, :, begin:end] = self.kv[:, last, :, :, begin:end]
+            for buffer in (self.raw_keys, self.keys, self.values):
+                buffer[:, row, :, begin:end] = buffer[:, last, :, begin:end]
         for per_row in (self.memory, self.offsets, self.limits):
             per_row[row] = per_row[last]
             per_row.pop()
@@ -104,7 +111,7 @@ class BatchedDecoder:
 
     def bytes_per_row(self) -> int:
         """What one stream's buffers take."""
-        return sum(t[:, 0].numel() * t.element_size() for t in (self.hidden, self.raw_keys, self.kv))
+        return sum(t[:, 0].numel() * t.element_size() for t in (self.hidden, self.raw_keys, self.keys, self.values))
 
     def _prefill(self, row: int, ids: torch.Tensor) -> torch.Tensor:
         """Runs ids (1, n) at the first n slots of row's segment, each attending to its memory and the segment up to
@@ -117,7 +124,8 @@ class BatchedDecoder:
         rotation = None if fast.rotary is None else self.rotation[begin:end]  # (n, r / 2)
         mask = None if n == 1 else torch.ones(n, m + n, dtype=torch.bool).tril(m)  # (n, m + n)
         one = slice(row, row + 1)
-        for block, hidden, raw_keys, kv in zip(fast.blocks, self.hidden, self.raw_keys, self.kv):
+        for block, hidden, raw_keys, keys, values in zip(fast.blocks, self.hidden, self.raw_keys, self.keys,
+                                                         self.values):
             hidden[one, begin:end] = x
             h = F.layer_norm(x, x.shape[-1:], block.attn_norm)
             q, k, v = (h @ block.qkv).view(1, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
@@ -125,9 +133,9 @@ class BatchedDecoder:
             if rotation is not None:
                 _rotate(q, rotation)
                 _rotate(k, rotation)
-            kv[one, 0, :, begin:end] = k
-            kv[one, 1, :, begin:end] = v
-            out = F.scaled_dot_product_attention(q, kv[one, 0, :, begin - m:end], kv[one, 1, :, begin - m:end],
+            keys[one, :, begin:end] = k
+            values[one, :, begin:end] = v
+            out = F.scaled_dot_product_attention(q, keys[one, :, begin - m:end], values[one, :, begin - m:end],
                                                  attn_mask=mask)  # (1, h, n, dh)
             out = out.transpose(1, 2).flatten(2)  # (1, n, h * dh)
             x = x + (out if block.out is None else out @ block.out)
@@ -140,12 +148,13 @@ class BatchedDecoder:
         """Keys and values of a memory row did not produce (a warm-up's), as x-transformers computes them."""
         m, kv_dim = mems[0].shape[-2], self.heads * self.dim_head
         memory = slice(self.memory_slots - m, self.memory_slots)
-        for block, mem, hidden, raw_keys, kv in zip(self.fast.blocks, mems, self.hidden, self.raw_keys, self.kv):
+        for block, mem, hidden, raw_keys, values in zip(self.fast.blocks, mems, self.hidden, self.raw_keys,
+                                                        self.values):
             hidden[row, memory] = mem[0]
             h = F.layer_norm(mem[0], mem.shape[-1:], block.attn_norm)
             k, v = (h @ block.qkv[:, kv_dim:]).view(m, 2, self.heads, self.dim_head).permute(1, 2, 0, 3)
             raw_keys[row, :, memory] = k  # (h, m, dh)
-            kv[row, 1, :, memory] = v
+            values[row, :, memory] = v
         self._rotate_memory(row, memory)
 
     def _next_segment(self, row: int) -> None:
@@ -157,12 +166,12 @@ class BatchedDecoder:
         source, target = slice(top + self.seg_len - m, top + self.seg_len), slice(top - m, top)
         self.hidden[:, row, target] = self.hidden[:, row, source].clone()
         self.raw_keys[:, row, :, target] = self.raw_keys[:, row, :, source].clone()
-        self.kv[:, row, 1, :, target] = self.kv[:, row, 1, :, source].clone()
+        self.values[:, row, :, target] = self.values[:, row, :, source].clone()
         self.memory[row], self.offsets[row] = m, 0
         self._rotate_memory(row, target)
 
     def _rotate_memory(self, row: int, memory: slice) -> None:
-        keys = self.kv[:, row, 0, :, memory]  # (depth, h, m, dh)
+        keys = self.keys[:, row, :, memory]  # (depth, h, m, dh)
         keys.copy_(self.raw_keys[:, row, :, memory])
         if self.fast.rotary is not None:
             _rotate(keys, self.rotation[memory])
@@ -170,17 +179,19 @@ class BatchedDecoder:
     def _allocate(self, capacity: int, memory_slots: int) -> None:
         """Buffers for capacity rows of memory_slots memory slots and a segment; the live rows move over, shifted so
         that their memory stays right-aligned."""
-        fast, old = self.fast, (self.hidden, self.raw_keys, self.kv) if self.capacity else None
+        fast, old = self.fast, (self.hidden, self.raw_keys, self.keys, self.values) if self.capacity else None
         depth, d, h, dh = len(fast.blocks), fast.embed.shape[1], self.heads, self.dim_head
         slots, shift = memory_slots + self.seg_len, memory_slots - self.memory_slots
         self.hidden = fast.embed.new_zeros(depth, capacity, slots, d)  # layer inputs: memory, then segment
         self.raw_keys = fast.embed.new_zeros(depth, capacity, h, slots, dh)  # before rotary, carried into memory
-        self.kv = fast.embed.new_zeros(depth, capacity, 2, h, slots, dh)  # rotated keys, values
+        # rotated keys and values apart, so that rows and heads merge into one batch dimension of attention's
+        self.keys = fast.embed.new_zeros(depth, capacity, h, slots, dh)
+        self.values = fast.embed.new_zeros(depth, capacity, h, slots, dh)
         if old is not None and self.rows:
             rows = slice(0, self.rows)
             self.hidden[:, rows, shift:] = old[0][:, rows]
-            self.raw_keys[:, rows, :, shift:] = old[1][:, rows]
-            self.kv[:, rows, :, :, shift:] = old[2][:, rows]
+            for buffer, previous in zip((self.raw_keys, self.keys, self.values), old[1:]):
+                buffer[:, rows, :, shift:] = previous[:, rows]
         self.capacity, self.memory_slots = capacity, memory_slots
         self.slot_index = torch.arange(slots)
         self.row_index = torch.arange(capacity)

@@ -28,6 +28,9 @@ MAX_BATCH = 8  # streams decoded at once per checkpoint; more wait for a row
 PREFIX_CACHE_SIZE = 8  # warmed-up prompt memories kept per checkpoint, least recently used dropped first
 SCHEDULERS = 4  # checkpoints with a scheduler at once
 CANCEL_WAIT_S = 30  # how long closing a stream waits for its row to be freed
+# a stream's events go to its reader in bunches at most this often once its tokens flow (the first token and the end
+# at once): each hand-over wakes a reader thread, which then competes with the decoding thread for the interpreter
+SEND_EVERY_S = 0.04
 _reasons: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
 _schedulers: "OrderedDict[int, Scheduler]" = OrderedDict()  # by id of the model, which each scheduler holds
 _registry = threading.Lock()
@@ -80,7 +83,8 @@ class _Request:
         self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
         complete = prompt[0, :self.current * seg_len].numpy().tobytes()
         self.key = (mem_len, hashlib.sha256(complete).hexdigest())  # the warm-up's result depends on these alone
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # lists of events, or the exception that ended it
+        self.pending, self.sent_at = [], 0.0
         self.cancelled, self.released = False, threading.Event()
         self.warm_up, self.mems, self.warmed = None, None, 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -93,6 +97,15 @@ class _Request:
     @property
     def warm(self) -> bool:
         return self.warmed == self.current
+
+    def tell(self, event) -> None:
+        self.pending.append(event)
+
+    def send(self, now: float, force: bool = False) -> None:
+        """Hands the events told so far to the reader, if it is time (see SEND_EVERY_S)."""
+        if self.pending and (force or len(self.ids) <= 1 or now - self.sent_at >= SEND_EVERY_S):
+            self.events.put(self.pending)
+            self.pending, self.sent_at = [], now
 
 
 class Scheduler:
@@ -139,11 +152,11 @@ class Scheduler:
                 self.thread.start()
         try:
             while True:
-                event = request.events.get()
-                if isinstance(event, Exception):
-                    raise event
-                yield event
-                if isinstance(event, Finished):
+                events = request.events.get()
+                if isinstance(events, Exception):
+                    raise events
+                yield from events
+                if isinstance(events[-1], Finished):
                     return
         finally:  # closed early (Stop, a closed tab): the row is free before this returns
             request.cancelled = True
@@ -169,6 +182,9 @@ class Scheduler:
             logits = self.decoder.step(torch.tensor([r.chosen for r in self.rows]))  # (rows, v)
             for row in reversed(range(len(self.rows))):  # from the end: a finished row takes the last one's place
                 self._take(row, logits[row:row + 1])
+        now = time.perf_counter()
+        for request in self.rows + self.waiting:
+            request.send(now)
 
     def _drop_cancelled(self) -> None:
         for row in reversed(range(len(self.rows))):
@@ -187,8 +203,8 @@ class Scheduler:
                 self.prefixes.move_to_end(request.key)
                 request.mems = self.prefixes[request.key]
                 for index in range(request.current):
-                    request.events.put(SegmentStarted(index, index * self.checkpoint.max_seq_len, "prompt"))
-                    request.events.put(WarmupProgress(index + 1, request.current))
+                    request.tell(SegmentStarted(index, index * self.checkpoint.max_seq_len, "prompt"))
+                    request.tell(WarmupProgress(index + 1, request.current))
                 request.warmed = request.current
         ready = [r for r in self.waiting if not r.warm and self.warming.setdefault(r.key, r) is r]
         if not ready:
@@ -199,10 +215,10 @@ class Scheduler:
             request.warm_up = warm_up_memory(self.checkpoint.model, request.prompt[:, :request.current * seg_len],
                                              request.mem_len)
         index = request.warmed
-        request.events.put(SegmentStarted(index, index * seg_len, "prompt"))
+        request.tell(SegmentStarted(index, index * seg_len, "prompt"))
         request.mems = next(request.warm_up)
         request.warmed += 1
-        request.events.put(WarmupProgress(request.warmed, request.current))
+        request.tell(WarmupProgress(request.warmed, request.current))
         if request.warm:
             del self.warming[request.key]
             self.prefixes[request.key] = request.mems
@@ -218,7 +234,7 @@ class Scheduler:
             self.waiting.remove(request)
         request.warmup_s = time.perf_counter() - request.started
         seg_len, current = self.checkpoint.max_seq_len, request.current
-        request.events.put(SegmentStarted(current, current * seg_len, "prompt"))
+        request.tell(SegmentStarted(current, current * seg_len, "prompt"))
         logits = self.decoder.add(request.prompt[:, current * seg_len:], request.mems, request.mem_len)  # (1, v)
         request.mems = None  # the decoder holds it now; the cache may hold it too
         self.rows.append(request)
@@ -233,7 +249,7 @@ class Scheduler:
         request.seen[0, chosen] = True
         position, token = request.position, int(chosen)
         if position % seg_len == 0:
-            request.events.put(SegmentStarted(position // seg_len, position, "generated"))
+            request.tell(SegmentStarted(position // seg_len, position, "generated"))
         request.ids.append(token)
         piece = "" if token == settings.eos_id else request.stream.push(token)
         request.text += piece
@@ -241,7 +257,7 @@ class Scheduler:
         if reason is not None:
             tail = request.stream.flush()
             request.text, piece = request.text + tail, piece + tail
-        request.events.put(Token(token, piece, logprob, position, position // seg_len, 0,
+        request.tell(Token(token, piece, logprob, position, position // seg_len, 0,
                                  logits[0].clone() if request.keep_logits else None))
         request.last_token_at = time.perf_counter()
         request.first_token_at = request.first_token_at or request.last_token_at
@@ -249,10 +265,11 @@ class Scheduler:
             request.chosen, request.position = token, position + 1
             return
         decoded, elapsed = len(request.ids) - 1, request.last_token_at - request.first_token_at
-        request.events.put(Finished((reason,), (tuple(request.ids),), (request.text,), request.warmup_s,
+        request.tell(Finished((reason,), (tuple(request.ids),), (request.text,), request.warmup_s,
                                     request.first_token_at - request.started,
                                     decoded / elapsed if decoded > 0 and elapsed > 0 else math.nan,
                                     position // seg_len + 1, self.decoder.memory_tokens(row)))
+        request.send(request.last_token_at, force=True)
         with self.lock:
             self._release(row)
 
