@@ -61,35 +61,47 @@ class BatchedDecoder:
         offsets = torch.tensor(self.offsets)  # (b,)
         slot = offsets + top  # (b,): where each row's token goes
         begin, end = top - max(self.memory), top + max(self.offsets) + 1  # the keys any row attends to
-        keys = self.slot_index[begin:end]  # (n,)
-        hidden_keys = (keys < top - torch.tensor(self.memory)[:, None]) | (keys > slot[:, None])  # (b, n)
-        # one (query, keys) product per row and head: attention's batch is rows times heads
-        bias = torch.zeros(b, 1, keys.numel()).masked_fill_(hidden_keys[:, None], float("-inf"))  # (b, 1, n)
-        bias = bias.expand(b, self.heads, -1).reshape(b * self.heads, 1, -1)  # (b * h, 1, n)
-        bh, n, scale = b * self.heads, keys.numel(), self.dim_head ** -0.5
+        bias = None if b == 1 else self._bias(begin, end, slot)  # one row attends to exactly [begin, end)
         rows = self.row_index[:b]
         x = F.embedding(ids, fast.embed)  # (b, d)
         if fast.pos_embed is not None:
             x = x + fast.pos_embed[offsets]
         rotation = None if fast.rotary is None else self.rotation[slot][:, None, None]  # (b, 1, 1, r / 2)
-        for block, hidden, raw_keys, keys, values in zip(fast.blocks, self.hidden, self.raw_keys, self.keys,
-                                                         self.values):
-            hidden[rows, slot] = x
+        inputs, raw = [], []  # per layer, written to the buffers after the loop: one indexed write each, not six
+        for block, keys, values in zip(fast.blocks, self.keys, self.values):
+            inputs.append(x)
             qkv = (F.layer_norm(x, x.shape[-1:], block.attn_norm) @ block.qkv).view(b, 3, self.heads, self.dim_head)
-            raw_keys[rows, :, slot] = qkv[:, 1]
+            raw.append(qkv[:, 1].clone())
             if rotation is not None:
                 _rotate(qkv[:, :2], rotation)  # q and k
             keys[rows, :, slot] = qkv[:, 1]  # (b, h, dh)
             values[rows, :, slot] = qkv[:, 2]
-            # scaled_dot_product_attention's CPU kernel is slower for one query per row than these two products
-            scores = torch.baddbmm(bias, qkv[:, 0].reshape(bh, 1, -1),
-                                   keys[:b, :, begin:end].reshape(bh, n, -1).transpose(1, 2), alpha=scale)  # (bh, 1, n)
-            out = torch.bmm(scores.softmax(dim=-1), values[:b, :, begin:end].reshape(bh, n, -1)).view(b, -1)  # (b, h * dh)
+            out = self._attend(qkv[:, 0], keys[:b, :, begin:end], values[:b, :, begin:end], bias)  # (b, h * dh)
             x = x + out if block.out is None else torch.addmm(x, out, block.out)
             h = F.layer_norm(x, x.shape[-1:], block.ff_norm)
             x = x + torch.addmm(block.ff_out_bias, F.gelu(torch.addmm(block.ff_in_bias, h, block.ff_in)), block.ff_out)
+        self.hidden[:, rows, slot] = torch.stack(inputs)  # (depth, b, d)
+        self.raw_keys[:, rows, :, slot] = torch.stack(raw, dim=1)  # (b, depth, h, dh): indexed dimensions first
         self.offsets = [o + 1 for o in self.offsets]
         return fast._logits(x)
+
+    def _bias(self, begin: int, end: int, slot: torch.Tensor) -> torch.Tensor:
+        """0 where a row's query sees the key in slots [begin, end), -inf where not: (rows * h, 1, n)."""
+        b, top, keys = self.rows, self.memory_slots, self.slot_index[begin:end]  # (n,)
+        hidden = (keys < top - torch.tensor(self.memory)[:, None]) | (keys > slot[:, None])  # (b, n)
+        bias = torch.zeros(b, 1, keys.numel()).masked_fill_(hidden[:, None], float("-inf"))  # (b, 1, n)
+        return bias.expand(b, self.heads, -1).reshape(b * self.heads, 1, -1)
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None):
+        """q (b, h, dh) on keys and values (b, h, n, dh) -> (b, h * dh). One row: scaled_dot_product_attention, as
+        the fast decoder runs it. Several: one product per row and head, batched over both, which the CPU runs
+        faster than that kernel with a mask."""
+        b, h, n, dh = keys.shape
+        if bias is None:
+            return F.scaled_dot_product_attention(q[:, :, None], keys, values).flatten(1)
+        scores = torch.baddbmm(bias, q.reshape(b * h, 1, dh), keys.reshape(b * h, n, dh).transpose(1, 2),
+                               alpha=dh ** -0.5)  # (b * h, 1, n)
+        return torch.bmm(scores.softmax(dim=-1), values.reshape(b * h, n, dh)).view(b, h * dh)
 
     @torch.inference_mode()
     def remove(self, row: int) -> None:
