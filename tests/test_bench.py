@@ -36,7 +36,7 @@ def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_pat
     config.write_text(json.dumps(tiny_config()))
     rows, about = run_bench(BenchSettings(random_config=str(config), new_tokens=65, prompt_segments=2,
                                           ttft_prompt_bytes=40, memory_prompt_bytes="", repeats=3, cli_repeats=0,
-                                          app_repeats=0))
+                                          app_repeats=0, streams=""))
     speed, details, first = rows
     assert math.isclose(speed.reference, 100) and math.isclose(speed.xldemo, 400) and math.isclose(speed.ratio, 4)
     assert details.reference is None and math.isclose(details.xldemo, 200) and math.isclose(details.ratio, 2)
@@ -55,7 +55,7 @@ def test_bench_measures_both_sides_on_a_tiny_random_model(tmp_path):
     config.write_text(json.dumps(tiny_config()))
     # enough tokens and rounds that a long run minus a 1-token one outweighs a busy machine's noise
     settings = BenchSettings(random_config=str(config), new_tokens=64, prompt_segments=2, ttft_prompt_bytes=40,
-                             memory_prompt_bytes="", repeats=3, cli_repeats=0, app_repeats=0)
+                             memory_prompt_bytes="", repeats=3, cli_repeats=0, app_repeats=0, streams="")
     rows, about = run_bench(settings)
     speed, details, first = rows
     assert about["decoder"] == "fast" and (speed.metric, first.metric) == (
@@ -63,6 +63,21 @@ def test_bench_measures_both_sides_on_a_tiny_random_model(tmp_path):
     assert details.metric.startswith("decode tokens/s with per-token details, same rounds (")
     assert details.reference is None and math.isfinite(details.xldemo) and details.xldemo > 0
     assert all(math.isfinite(value) and value > 0 for row in (speed, first) for value in (row.reference, row.xldemo))
+
+
+def test_serving_rows_give_rates_all_together_and_per_stream_and_memory_per_stream(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config()))
+    settings = BenchSettings(random_config=str(config), new_tokens=48, prompt_segments=2, ttft_prompt_bytes=20,
+                             memory_prompt_bytes="", repeats=1, cli_repeats=0, app_repeats=0, streams="1,3")
+    rows, _ = run_bench(settings)
+    serving = [row for row in rows if "at once" in row.metric]
+    assert [row.metric.split(",")[0] for row in serving] == [
+        "decode tokens/s", "decode tokens/s per stream", "peak RSS growth per stream"] * 2
+    assert "3 streams at once" in serving[3].metric and "3 at once" in serving[4].metric
+    for total, each, memory in (serving[:3], serving[3:]):
+        assert math.isfinite(total.xldemo) and total.xldemo >= each.xldemo > 0 and total.ratio > 0
+        assert memory.xldemo >= 0 and memory.ratio is None
 
 
 def test_peak_rss_growth_counts_what_a_run_allocates(tmp_path):
@@ -77,7 +92,8 @@ def test_the_app_row_reads_the_stats_line_of_a_served_app(tmp_path):
     checkpoint = tiny_checkpoint()
     save_checkpoint(checkpoint.model, checkpoint.config, tmp_path / "tiny")
     settings = BenchSettings(checkpoint=str(tmp_path / "tiny"), new_tokens=4, prompt_segments=2, ttft_prompt_bytes=20,
-                             memory_prompt_bytes="", repeats=1, cli_repeats=0, app_repeats=1, cli_new_tokens=40)
+                             memory_prompt_bytes="", repeats=1, cli_repeats=0, app_repeats=1, cli_new_tokens=40,
+                             streams="")
     rows, _ = run_bench(settings)
     app = next(row for row in rows if "app" in row.metric)
     assert app.reference is None and math.isfinite(app.xldemo) and app.xldemo > 0

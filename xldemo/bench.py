@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from .decoders import DECODERS
 from .engine import GenerationSettings, Started, Token, generate
 from .errors import XLDemoError
 from .options import setting
+from .serving import Scheduler
 
 RANDOM_CONFIG = Path(__file__).resolve().parent / "configs" / "shakespeare-xl.json"
 
@@ -37,6 +39,8 @@ class BenchSettings:
     # more than new_tokens: the difference must outweigh process start-up noise
     cli_new_tokens: int = setting(1024, "tokens of the CLI and app runs")
     app_repeats: int = setting(1, "runs of `python app.py`'s generate endpoint, whose stats line is read; 0 skips")
+    streams: str = setting("1,2,4,8", "streams sampled at once through the serving scheduler, one row set each; "
+                                      "empty skips them")
     decoder: str = setting("auto", "xldemo's decoding path", choices=("auto", *DECODERS))
     threads: int = setting(0, "torch threads; 0 is torch's choice")
     seed: int = setting(0, "seed of the random prompts and model")
@@ -49,6 +53,7 @@ class BenchSettings:
         if self.checkpoint and self.random_config:
             raise XLDemoError("give checkpoint or random_config, not both")
         _sizes(self.memory_prompt_bytes)
+        _sizes(self.streams, "streams")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,17 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
             app_speed = _app_speed(folder, prompt, settings)
             rows.append(Row("decode tokens/s, as the app's stats line reports it", None, app_speed,
                             app_speed / ref_speed))
+
+        for n in _sizes(settings.streams, "streams"):
+            log(f"serving: {n} streams at once through the scheduler, {settings.repeats} rounds")
+            runs = [_serving_run(checkpoint, prompt, n, settings.new_tokens) for _ in range(settings.repeats)]
+            total, each = (statistics.median(f(rates) for rates, _ in runs) for f in (sum, statistics.median))
+            rows.append(Row(f"decode tokens/s, {n} streams at once through the scheduler, all together (ratio: to one "
+                            "stream alone)", None, total, total / our_speed))
+            rows.append(Row(f"decode tokens/s per stream, {n} at once (ratio: to one stream alone)", None, each,
+                            each / our_speed))
+            rows.append(Row(f"peak RSS growth per stream, {n} at once (MB)", None,
+                            statistics.median(mb for _, mb in runs) / n, None))
 
         log(f"time to first token: {settings.ttft_prompt_bytes}-byte prompt, {settings.repeats} rounds")
         long_prompt = _prompt(settings.ttft_prompt_bytes, settings.seed + 1)
@@ -187,6 +203,25 @@ def _xldemo_first_token_seconds(checkpoint, prompt: bytes, decoder: str) -> floa
     events = generate(checkpoint, list(prompt), GenerationSettings(max_new_tokens=1, temperature=0, decoder=decoder))
     next(e for e in events if isinstance(e, Token))
     return time.perf_counter() - began
+
+
+def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int) -> tuple[list[float], float]:
+    """Each stream's decode tokens/s, as its Finished reports it, of `streams` streams sampled at once (seeds of
+    their own) from one prompt through a fresh scheduler; and the MB by which this process's peak resident memory
+    grew meanwhile (the decoder's buffers among it)."""
+    scheduler, finished = Scheduler(checkpoint, max_batch=streams), [None] * streams
+
+    def stream(i: int) -> None:
+        *_, finished[i] = scheduler.generate(list(prompt), GenerationSettings(max_new_tokens=new_tokens,
+                                                                               temperature=1.0, seed=i))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+    before = _reset_peak_rss()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [f.decode_tokens_per_s for f in finished], (_peak_rss() - before) / 2**20
 
 
 def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[float, float]:
@@ -277,13 +312,13 @@ def _prompt(length: int, seed: int) -> bytes:
     return bytes(torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(seed)).tolist())
 
 
-def _sizes(text: str) -> list[int]:
+def _sizes(text: str, name: str = "memory_prompt_bytes") -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         sizes = [0]
     if any(s < 1 for s in sizes):
-        raise XLDemoError(f"memory_prompt_bytes must be comma-separated byte counts, got {text!r}")
+        raise XLDemoError(f"{name} must be comma-separated counts, got {text!r}")
     return sizes
 
 
