@@ -12,7 +12,10 @@ from conftest import tiny_checkpoint, tiny_config
 from xldemo import XLDemoError, save_checkpoint
 from xldemo.cli import main
 from xldemo import data
-from xldemo.evaluate import TABLE_ROWS, evaluate, markdown_report, position_ranges, shown_path
+from xldemo.evaluate import (TABLE_ROWS, evaluate, markdown_report, position_ranges, shown_path, sweep_editions,
+                              sweep_report)
+from xldemo.speakers import speaker_table
+from xldemo.sweep import memory_sweep
 
 TINY = tiny_config(seq_len=16, mem_len=16)
 MODES = ("memory", "no_memory")
@@ -104,6 +107,23 @@ def test_evaluate_refuses_editions_within_one_segment(net, editions):
         evaluate(net, {})
 
 
+def test_sweep_over_editions_weights_each_by_the_tokens_it_predicts(net, editions, result):
+    sweep = sweep_editions(net, editions, (0, 8, 16, 48))
+    assert sweep["mem_lens"] == [0, 8, 16, 48] and sweep["trained_mem_len"] == 16
+    for name, tokens in editions.items():
+        points = memory_sweep(net, tokens, (0, 8, 16, 48))["points"]
+        assert sweep["editions"][name] == [p["bits_per_token"] for p in points]
+    # no memory and the trained memory are the two columns of the bits-per-byte table
+    for mode, index in (("no_memory", 0), ("memory", 2)):
+        assert sweep["overall"][index] == pytest.approx(result["overall"][mode], abs=1e-5)
+        for name in editions:
+            assert sweep["editions"][name][index] == pytest.approx(result["editions"][name][mode], abs=1e-5)
+    lines = sweep_report(sweep).splitlines()
+    assert lines[2] == "| memory | a.txt | b.txt | all | gain over no memory (all) |"
+    assert lines[6].startswith("| 16 (trained) |") and lines[6].endswith(
+        f"| {sweep['overall'][2]:.4f} | {sweep['overall'][0] - sweep['overall'][2]:+.4f} |")
+
+
 @pytest.fixture
 def saved(tmp_path, net):
     return save_checkpoint(net, TINY, tmp_path / "tiny")
@@ -111,15 +131,25 @@ def saved(tmp_path, net):
 
 def test_eval_command_writes_tables_and_plot_for_every_test_edition(saved, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(saved), "--bytes", "100", "--out", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(saved), "--bytes", "100", "--out", str(out), "--mem-lens", "0,16,64",
+                 "--speaker-prompts", "2", "--speaker-bytes", "300", "--speaker-new-tokens", "48",
+                 "--speaker-samples", "2"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text())
     assert sorted(result["editions"]) == sorted(data.test_texts(data.prepare(data.DEFAULT_CACHE)))
     for bits in [*result["editions"].values(), result["overall"]]:
         assert all(math.isfinite(bits[mode]) and bits[mode] > 0 for mode in MODES)
     assert all(bits["bytes"] == 100 for bits in result["editions"].values())
-    assert (out / "eval.md").read_text() == markdown_report(result)
-    assert markdown_report(result) in printed
+    report = "\n".join([markdown_report(result), sweep_report(result["memory_sweep"]),
+                        speaker_table(result["speakers"])])
+    assert (out / "eval.md").read_text() == report and report in printed
+    assert result["memory_sweep"]["mem_lens"] == [0, 16, 64]
+    assert sorted(result["memory_sweep"]["editions"]) == sorted(result["editions"])
+    speakers = result["speakers"]
+    assert list(speakers["plays"]) == ["macbeth_gut.txt", "tempest_gut.txt"]  # the modern editions: the folio
+    assert [e["play"] for e in speakers["prompts"]] == ["macbeth_gut.txt"] * 2 + ["tempest_gut.txt"] * 2  # form differs
+    assert speakers["settings"]["prompt_bytes"] == 300 and speakers["settings"]["samples"] == 2
+    assert "SERVANT" in speakers["generic_names"] and "PROSPERO" not in speakers["generic_names"]
     assert (out / "eval.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
@@ -127,6 +157,9 @@ def test_eval_command_writes_tables_and_plot_for_every_test_edition(saved, tmp_p
     (["--bytes", "16"], "--bytes must be more than the checkpoint's max_seq_len (16)"),
     (["--checkpoint", "no/such/folder"], "no such folder"),
     (["--out", "FILE/eval"], "cannot make that folder"),
+    (["--speaker-prompts", "-1"], "--speaker-prompts must be 0"),
+    (["--speaker-samples", "0"], "speaker samples must be an integer >= 1"),
+    (["--mem-lens", "0,x"], "memory lengths must be comma-separated"),
 ])
 def test_eval_command_reports_bad_input_in_one_line(saved, tmp_path, capsys, options, message):
     (tmp_path / "FILE").write_text("a file, not a folder")
@@ -138,6 +171,8 @@ def test_eval_command_reports_bad_input_in_one_line(saved, tmp_path, capsys, opt
 
 def test_eval_json_names_a_checkpoint_under_the_working_folder_relatively(saved, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["eval", "--checkpoint", str(saved), "--bytes", "100", "--out", "eval"]) == 0
+    assert main(["eval", "--checkpoint", str(saved), "--bytes", "100", "--out", "eval", "--quick"]) == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["memory_sweep"]["mem_lens"] == [0, 16] and result["speakers"]["settings"]["new_tokens"] == 64
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["checkpoint"] == "tiny"
     assert shown_path("/elsewhere/model") == "/elsewhere/model"

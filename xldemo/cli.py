@@ -117,7 +117,6 @@ def build_parser() -> Parser:
     from .bench import BenchSettings
     from .engine import GenerationSettings
     from .evaluate import EvalSettings
-    from .sweep import DEFAULT_MEM_LENS
     from .importer import ImportSettings
     from .train import TrainSettings
 
@@ -138,13 +137,12 @@ def build_parser() -> Parser:
     train = commands.add_parser("train", help="train a model with XLAutoregressiveWrapper.forward")
     add_options(train, TrainSettings)
     train.set_defaults(run=cmd_train)
-    evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without; "
-                                                "with --prompt-file, a memory-length sweep on that text instead")
+    evaluate = commands.add_parser("eval", help="bits per byte on the held-out plays, with memory and without, a "
+                                                "memory-length sweep and the speaker-name measure; with --prompt-file, "
+                                                "a memory-length sweep on that text instead")
     add_options(evaluate, EvalSettings)
     evaluate.add_argument("--prompt-file", help="sweep memory lengths on this text (read as generate reads it) "
                                                 "instead of evaluating on the held-out plays")
-    evaluate.add_argument("--mem-lens", default=",".join(map(str, DEFAULT_MEM_LENS)),
-                          help="comma-separated memory lengths the sweep runs (default: %(default)s)")
     evaluate.add_argument("--json", action="store_true", help="after the sweep's table, one line of JSON: its points")
     evaluate.set_defaults(run=cmd_eval)
     bench = commands.add_parser("bench", help="xldemo against XLAutoregressiveWrapper.generate, side by side")

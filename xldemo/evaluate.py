@@ -1,15 +1,18 @@
-"""Test-set evaluation: bits per byte on the held-out plays, with XL memory and without, by position in a segment."""
+"""Test-set evaluation: bits per byte on the held-out plays, with XL memory and without, by position in a segment
+and by memory length, and the speaker-name measure on the test plays' modern editions."""
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from .data import DEFAULT_CACHE, prepare, test_texts
+from .data import DEFAULT_CACHE, MODERN, prepare, test_texts, train_plays
 from .errors import XLDemoError
 from .options import setting
+from .speakers import SpeakerSettings, generic_names, speaker_measure, speaker_table
+from .sweep import DEFAULT_MEM_LENS, check_mem_lens, memory_sweep
 from .teacher import bits_per_token
 
 # result key -> the memory argument of the teacher-forced pass, and how tables and plots name it
@@ -24,6 +27,18 @@ class EvalSettings:
     bytes: int = setting(24 * 1024, "bytes scored from the start of each test edition")
     out: str = setting("artifacts/eval", "folder for eval.json, eval.md and eval.png")
     data: str = setting(str(DEFAULT_CACHE), "data cache folder (fetched once)")
+    mem_lens: str = setting(",".join(map(str, DEFAULT_MEM_LENS)), "comma-separated memory lengths the sweep runs over "
+                            "each test edition (or over the --prompt-file text)")
+    speaker_prompts: int = setting(SpeakerSettings.prompts, "prompts cut from each test play's modern edition for the "
+                                   "speaker-name measure; 0 leaves the measure out")
+    speaker_bytes: int = setting(SpeakerSettings.prompt_bytes, "bytes of each speaker-measure prompt")
+    speaker_new_tokens: int = setting(SpeakerSettings.new_tokens, "tokens generated per speaker-measure sample")
+    speaker_samples: int = setting(SpeakerSettings.samples, "samples per speaker-measure prompt, with memory and "
+                                                            "without")
+    speaker_seed: int = setting(SpeakerSettings.seed, "seed of the first speaker-measure prompt (the next ones count "
+                                                      "up)")
+    quick: bool = setting(False, "a check that everything runs, not figures: 1 speaker prompt per play, 2 samples of "
+                                 "64 tokens, memory lengths 0 and the trained one")
 
 
 @torch.no_grad()
@@ -50,6 +65,34 @@ def evaluate(net, editions: dict[str, torch.Tensor]) -> dict:
         result["overall"][mode] = every.mean().item()
         result["by_position"][mode] = (torch.bincount(positions, every, seq_len) / counts).tolist()
     return result
+
+
+def sweep_editions(net, editions: dict[str, torch.Tensor], mem_lens) -> dict:
+    """memory_sweep over each edition, and over all of them together (weighted by tokens predicted)."""
+    sweeps = {name: memory_sweep(net, tokens, mem_lens) for name, tokens in editions.items()}
+    first = next(iter(sweeps.values()))
+    weights = {name: sweep["tokens"] - 1 for name, sweep in sweeps.items()}
+    bits = {name: [p["bits_per_token"] for p in sweep["points"]] for name, sweep in sweeps.items()}
+    overall = [sum(bits[name][i] * weights[name] for name in sweeps) / sum(weights.values())
+               for i in range(len(first["points"]))]
+    return {"mem_lens": [p["mem_len"] for p in first["points"]], "trained_mem_len": first["trained_mem_len"],
+            "max_seq_len": first["max_seq_len"], "editions": bits, "overall": overall}
+
+
+def sweep_report(sweep: dict) -> str:
+    """Bits per byte of each edition and of all together for each memory length, the trained one marked."""
+    names = list(sweep["editions"])
+    lines = [f"Bits per byte by memory length (the model was trained with {sweep['trained_mem_len']}; segments of "
+             f"{sweep['max_seq_len']}).", "",
+             "| memory | " + " | ".join(names) + " | all | gain over no memory (all) |",
+             "|---:|" + "---:|" * (len(names) + 2)]
+    start = sweep["overall"][sweep["mem_lens"].index(0)] if 0 in sweep["mem_lens"] else None
+    for i, mem_len in enumerate(sweep["mem_lens"]):
+        marked = f"{mem_len} (trained)" if mem_len == sweep["trained_mem_len"] else str(mem_len)
+        gain = "—" if start is None else f"{start - sweep['overall'][i]:+.4f}"
+        lines.append(f"| {marked} | " + " | ".join(f"{sweep['editions'][n][i]:.4f}" for n in names)
+                     + f" | {sweep['overall'][i]:.4f} | {gain} |")
+    return "\n".join(lines) + "\n"
 
 
 def position_ranges(result: dict, rows: int = TABLE_ROWS) -> list[tuple[int, int, dict[str, float]]]:
@@ -107,9 +150,19 @@ def plot_report(result: dict, path: Path) -> Path:
 
 
 def run_eval(s: EvalSettings) -> str:
-    """Evaluates s.checkpoint on the first s.bytes of every test edition, writes eval.json, eval.md and eval.png
-    to s.out, and returns the markdown tables."""
+    """Evaluates s.checkpoint on the first s.bytes of every test edition (bits per byte, then the memory sweep) and
+    with the speaker-name measure on the test plays' modern editions, writes eval.json, eval.md and eval.png to
+    s.out, and returns the markdown tables."""
     checkpoint = load_checkpoint(s.checkpoint)
+    if s.quick:
+        s = replace(s, speaker_prompts=min(1, s.speaker_prompts), speaker_samples=2, speaker_new_tokens=64,
+                    mem_lens=f"0,{checkpoint.max_mem_len}")
+    mem_lens = check_mem_lens(s.mem_lens)
+    if s.speaker_prompts < 0:
+        raise XLDemoError(f"--speaker-prompts must be 0 (no speaker measure) or more, got {s.speaker_prompts}")
+    # built before any work is done, so that a bad speaker option fails at once
+    speaker_settings = SpeakerSettings(prompts=max(1, s.speaker_prompts), prompt_bytes=s.speaker_bytes,
+                                       new_tokens=s.speaker_new_tokens, samples=s.speaker_samples, seed=s.speaker_seed)
     if s.bytes <= checkpoint.max_seq_len:
         raise XLDemoError(f"--bytes must be more than the checkpoint's max_seq_len ({checkpoint.max_seq_len}): "
                           "memory is carried from one segment to the next")
@@ -122,7 +175,13 @@ def run_eval(s: EvalSettings) -> str:
     editions = {name: torch.tensor(checkpoint.tokenizer.encode(text[:s.bytes]), dtype=torch.long)
                 for name, text in texts.items()}
     result = {"checkpoint": shown_path(s.checkpoint), "bytes": s.bytes, **evaluate(checkpoint.model, editions)}
-    report = markdown_report(result)
+    result["memory_sweep"] = sweep_editions(checkpoint.model, editions, mem_lens)
+    report = markdown_report(result) + "\n" + sweep_report(result["memory_sweep"])
+    if s.speaker_prompts:
+        plays = {name: text for name, text in texts.items() if name.endswith(MODERN)}
+        generic = generic_names(train_plays(Path(s.data)))
+        result["speakers"] = speaker_measure(checkpoint, plays, generic, speaker_settings)
+        report += "\n" + speaker_table(result["speakers"])
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval.md").write_text(report)
     plot_report(result, out / "eval.png")
