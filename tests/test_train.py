@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from x_transformers import Decoder, TransformerWrapper
 
 from conftest import tiny_config
-from xldemo import build_model, load_checkpoint
+from xldemo import XLDemoError, build_model, load_checkpoint, save_checkpoint
 from xldemo.checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT, WEIGHTS_FILE
-from xldemo.data import DEFAULT_CACHE, load_split, prepare
+from xldemo.data import DEFAULT_CACHE, SEPARATOR, load_split, prepare, training_text
 from xldemo.teacher import bits_per_token
-from xldemo.train import TrainSettings, learning_rate, train
+from xldemo.train import MODEL_CONFIGS, TrainSettings, learning_rate, train
 
 TINY = tiny_config(seq_len=32, mem_len=32)
 
@@ -29,7 +29,12 @@ def settings(folder, **changes) -> TrainSettings:
     config.write_text(json.dumps(TINY))
     return replace(TrainSettings(model_config=str(config), out=str(folder / "run"), data=str(DEFAULT_CACHE),
                                  batch_size=4, segments=2, lr=3e-3, warmup_steps=5, eval_every=1000,
-                                 eval_bytes=1024), **changes)
+                                 eval_bytes=1024, speaker_prompts=0), **changes)
+
+
+def saved_tiny(folder, seed=1, config=TINY):
+    torch.manual_seed(seed)
+    return save_checkpoint(build_model(config), config, folder)
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):
@@ -66,6 +71,61 @@ def test_resuming_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_fine_tuning_starts_from_the_checkpoint_logs_its_figures_and_resumes_exactly(tmp_path):
+    init = saved_tiny(tmp_path / "init")
+    text = torch.tensor(list(load_split(prepare(DEFAULT_CACHE), "validation")[:1024]))[None]
+    frozen = settings(tmp_path / "frozen", steps=2, lr=0.0, init_from=str(init))
+    train(frozen, progress=False)
+    start = load_file(init / WEIGHTS_FILE)
+    assert all(torch.equal(v, start[k]) for k, v in load_file(tmp_path / "frozen/run/model" / WEIGHTS_FILE).items())
+    log = json.loads((tmp_path / "frozen/run/state.json").read_text())["log"]
+    assert [e["step"] for e in log] == [0, 1, 2] and "loss" not in log[0]
+    assert log[0]["val_bpb"] == pytest.approx(bits_per_token(load_checkpoint(init).model, text).mean().item(),
+                                              abs=1e-4)
+    # from the same weights, a stopped and resumed fine-tuning run is the uninterrupted one
+    straight = settings(tmp_path / "straight", steps=4, warmup_steps=100, init_from=str(init))
+    stopped = settings(tmp_path / "stopped", steps=2, warmup_steps=100, init_from=str(init))
+    for s in (straight, stopped, replace(stopped, steps=4)):
+        train(s, progress=False)
+    logs = [json.loads((tmp_path / run / "run/state.json").read_text())["log"] for run in ("straight", "stopped")]
+    assert [e["step"] for e in logs[1]] == [0, 1, 2, 3, 4]
+    assert [e.get("loss") for e in logs[1]] == [e.get("loss") for e in logs[0]]
+    assert logs[1][0] == logs[0][0] and logs[1][-1]["val_bpb"] == logs[0][-1]["val_bpb"]
+    scratch = settings(tmp_path / "scratch", steps=4, warmup_steps=100)
+    train(scratch, progress=False)
+    assert json.loads((tmp_path / "scratch/run/state.json").read_text())["log"][0]["loss"] != logs[0][1]["loss"]
+
+
+def test_init_from_a_checkpoint_of_another_shape_is_refused_in_one_line(tmp_path):
+    other = saved_tiny(tmp_path / "other", config={**TINY, "attn_layers": {**TINY["attn_layers"], "dim": 16}})
+    with pytest.raises(XLDemoError, match=r"--init-from .*other: its weights do not fit --model-config \(") as e:
+        train(settings(tmp_path, steps=1, init_from=str(other)), progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_validation_logs_the_speaker_measure_on_the_validation_play(tmp_path):
+    s = settings(tmp_path, steps=2, eval_every=2, speaker_prompts=1, speaker_samples=2, speaker_new_tokens=64)
+    summary = train(s, progress=False)
+    log = json.loads((tmp_path / "run/state.json").read_text())["log"]
+    assert "val_speakers" not in log[0] and log[1]["val_speakers"] == summary["val_speakers"]
+    for mode in ("memory", "no_memory"):
+        figures = summary["val_speakers"][mode]
+        assert 0 <= figures["hits"] <= figures["names"]
+
+
+def test_folio_adds_the_training_plays_folio_editions_after_the_modern_ones():
+    folder = prepare(DEFAULT_CACHE)
+    assert training_text(folder) == load_split(folder, "train")
+    assert training_text(folder, folio=True) == load_split(folder, "train") + SEPARATOR + load_split(folder,
+                                                                                                     "train_folio")
+
+
+def test_the_memory_config_is_the_shipped_shape_with_a_memory_of_two_segments():
+    base = json.loads((MODEL_CONFIGS / "shakespeare-xl.json").read_text())
+    memory = json.loads((MODEL_CONFIGS / "shakespeare-xl-memory.json").read_text())
+    assert memory == {**base, "max_mem_len": 512}
+
+
 def test_learning_rate_warms_up_then_decays_to_its_floor():
     s = TrainSettings(steps=1000, warmup_steps=100, lr=1e-3, min_lr_ratio=0.1)
     assert learning_rate(0, s) == pytest.approx(1e-5)
@@ -89,11 +149,15 @@ def test_shipped_checkpoint_loads_strictly_with_plain_x_transformers():
 
 
 def test_runs_unchanged_under_torchrun_with_two_processes(tmp_path):
-    """Data parallel as on several GPUs, here two CPU processes over gloo: both step together, rank 0 writes."""
+    """Data parallel as on several GPUs, here two CPU processes over gloo: both step together, rank 0 writes,
+    fine-tuning a checkpoint on the folio editions too and validating with the speaker measure."""
     s = settings(tmp_path, steps=3)
+    init = saved_tiny(tmp_path / "init")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "xldemo",
                "train", "--model-config", s.model_config, "--out", s.out, "--data", s.data, "--steps", "3",
-               "--batch-size", "2", "--segments", "2", "--eval-every", "1000", "--bf16", "off"]
+               "--batch-size", "2", "--segments", "2", "--eval-every", "1000", "--bf16", "off",
+               "--init-from", str(init), "--folio", "--eval-bytes", "1024", "--speaker-prompts", "1",
+               "--speaker-samples", "2", "--speaker-new-tokens", "16"]
     # a session of its own, so that a hung worker can be killed with torchrun rather than outlive the test
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -104,6 +168,7 @@ def test_runs_unchanged_under_torchrun_with_two_processes(tmp_path):
         pytest.fail("torchrun did not finish in 240 s")
     assert run.returncode == 0, stderr[-2000:]
     log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
-    assert [e["step"] for e in log] == [1, 2, 3] and all(math.isfinite(e["loss"]) for e in log)
+    assert [e["step"] for e in log] == [0, 1, 2, 3] and all(math.isfinite(e["loss"]) for e in log[1:])
+    assert "val_speakers" in log[0] and "val_speakers" in log[-1]
     assert "'tokens': 768" in stdout  # 3 steps of 2 rows of 2 segments of 32 tokens, on each of 2 ranks
     load_checkpoint(tmp_path / "run" / "model")

@@ -91,6 +91,12 @@ def load_split(folder: Path, split: str) -> bytes:
     return (Path(folder) / f"{split}.bin").read_bytes()
 
 
+def training_text(folder: Path, folio: bool = False) -> bytes:
+    """The text training crops its samples from: the train split, and with folio its folio editions after it."""
+    text = load_split(folder, "train")
+    return text + SEPARATOR + load_split(folder, "train_folio") if folio else text
+
+
 def test_texts(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((Path(folder) / "test").glob("*.txt"))}
 

@@ -12,11 +12,13 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from x_transformers import XLAutoregressiveWrapper
 
-from .checkpoint import build_model, read_config, save_checkpoint
-from .data import DEFAULT_CACHE, load_split, prepare
+from .checkpoint import Checkpoint, build_model, load_checkpoint, read_config, save_checkpoint
+from .data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, train_plays, training_text
 from .errors import XLDemoError
 from .options import setting
+from .speakers import SpeakerSettings, generic_names, speaker_measure
 from .teacher import bits_per_token
+from .tokenizer import ByteTokenizer
 
 MODEL_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -27,6 +29,11 @@ class TrainSettings:
                                 metavar="PATH")
     out: str = setting("runs/shakespeare-xl", "run folder: resumable state, then the checkpoint in OUT/model")
     data: str = setting(str(DEFAULT_CACHE), "data cache folder (fetched once)")
+    init_from: str = setting("", "checkpoint folder or Hub repo id whose weights training starts from (fine-tuning; "
+                                 "they must fit --model-config's shapes); a resumed run's own state wins",
+                             metavar="CHECKPOINT")
+    folio: bool = setting(False, "also train on the folio editions of the training plays (the validation and test "
+                                 "plays' stay out)")
     steps: int = setting(1200, "optimizer steps in all, counting those of a resumed run")
     batch_size: int = setting(8, "samples per step (per process under torchrun)")
     segments: int = setting(4, "segments per sample, so that memory is learned across boundaries")
@@ -36,7 +43,11 @@ class TrainSettings:
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
     grad_clip: float = setting(1.0, "gradient norm clip")
     eval_every: int = setting(100, "steps between validation scores")
-    eval_bytes: int = setting(16384, "validation bytes scored each time")
+    eval_bytes: int = setting(0, "validation bytes scored each time, from the play's start; 0: the whole play")
+    speaker_prompts: int = setting(SpeakerSettings.prompts, "validation prompts of the speaker-name measure at each "
+                                                            "validation; 0 leaves the measure out")
+    speaker_samples: int = setting(SpeakerSettings.samples, "samples per speaker-measure prompt")
+    speaker_new_tokens: int = setting(SpeakerSettings.new_tokens, "tokens generated per speaker-measure sample")
     save_every: int = setting(50, "steps between saved states")
     seed: int = setting(0, "seed of the weights and of every batch")
     # bf16 pays on GPUs and on CPUs with AMX (1.74x fp32 here); without AMX it is far slower
@@ -71,9 +82,28 @@ def sample_batch(data: torch.Tensor, length: int, batch_size: int, seed: int, st
 @torch.no_grad()
 def validation_bpb(net, data: torch.Tensor, nbytes: int) -> float:
     net.eval()
-    bpb = bits_per_token(net, data[None, :nbytes].long()).mean().item()
+    bpb = bits_per_token(net, data[None, :nbytes or None].long()).mean().item()
     net.train()
     return bpb
+
+
+def validation_speakers(model, config: dict, play: bytes, generic: frozenset[str], s: SpeakerSettings) -> dict:
+    """The speaker-name measure on the validation play, run by the engine on a CPU copy of the weights."""
+    net = build_model(config).eval()
+    net.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    checkpoint = Checkpoint(net, config, ByteTokenizer(), "training")
+    return speaker_measure(checkpoint, {VALIDATION_PLAY + MODERN: play}, generic, s)["overall"]
+
+
+def validate(model, config: dict, val_data: torch.Tensor, generic: frozenset[str] | None, s: TrainSettings) -> dict:
+    """What a model is chosen by: bits per byte on the validation play, and its speaker-name measure."""
+    figures = {"val_bpb": validation_bpb(model, val_data, s.eval_bytes)}
+    if s.speaker_prompts:
+        speaker_settings = SpeakerSettings(prompts=s.speaker_prompts, samples=s.speaker_samples,
+                                           new_tokens=s.speaker_new_tokens)
+        figures["val_speakers"] = validation_speakers(model, config, bytes(val_data.cpu().numpy()), generic,
+                                                      speaker_settings)
+    return figures
 
 
 def train(s: TrainSettings, progress: bool = True) -> dict:
@@ -88,7 +118,10 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     torch.manual_seed(s.seed)
 
     config = read_config(s.model_config)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if s.init_from:
+        start_from(model, s.init_from)
+    model = model.to(device)
     wrapper = XLAutoregressiveWrapper(model)
     trainer = torch.nn.parallel.DistributedDataParallel(wrapper) if world > 1 else wrapper
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -100,11 +133,14 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     step, log = load_state(out, model, optimizer, device)
     folder = prepare(Path(s.data))
-    train_data = torch.frombuffer(bytearray(load_split(folder, "train")), dtype=torch.uint8)
+    train_data = torch.frombuffer(bytearray(training_text(folder, s.folio)), dtype=torch.uint8)
     val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
+    generic = generic_names(train_plays(Path(s.data))) if s.speaker_prompts else None
     length = s.segments * config["max_seq_len"] + 1
     tokens_per_step = s.batch_size * (length - 1) * world
 
+    if rank == 0 and step == 0 and s.init_from:  # the starting weights' figures, for the run to be compared with
+        log.append({"step": 0, **validate(model, config, val_data.to(device), generic, s)})
     model.train()
     bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
     started, first_step = time.perf_counter(), step
@@ -122,7 +158,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         elapsed = time.perf_counter() - started
         entry = {"step": step, "loss": loss.item(), "lr": learning_rate(step - 1, s)}
         if rank == 0 and (step % s.eval_every == 0 or step == s.steps):
-            entry["val_bpb"] = validation_bpb(model, val_data.to(device), s.eval_bytes)
+            entry.update(validate(model, config, val_data.to(device), generic, s))
         log.append(entry)
         bar.update(1)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", val_bpb=f"{last_val(log):.3f}",
@@ -136,12 +172,23 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         # every rank leaves together: a rank that tears down while rank 0 still saves can wait on it forever
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return {"steps": step, "tokens": step * tokens_per_step, "final_loss": log[-1]["loss"] if log else None,
-            "val_bpb": last_val(log)}
+    return {"steps": step, "tokens": step * tokens_per_step, "final_loss": log[-1].get("loss") if log else None,
+            "val_bpb": last_val(log), "val_speakers": last_val(log, "val_speakers", None)}
 
 
-def last_val(log: list[dict]) -> float:
-    return next((e["val_bpb"] for e in reversed(log) if "val_bpb" in e), float("nan"))
+def last_val(log: list[dict], key: str = "val_bpb", missing=float("nan")):
+    return next((e[key] for e in reversed(log) if key in e), missing)
+
+
+def start_from(model, source: str) -> None:
+    """Copies the weights of the checkpoint at source into model, which must have the same shapes."""
+    weights = load_checkpoint(source).model.state_dict()
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        # the first line only names the module; the first difference follows
+        differences = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+        raise XLDemoError(f"--init-from {source}: its weights do not fit --model-config ({differences[0]})") from None
 
 
 def save_state(out: Path, model, optimizer, step: int, log: list[dict], s: TrainSettings) -> None:
