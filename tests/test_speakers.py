@@ -96,6 +96,14 @@ def test_measure_counts_hits_among_names_not_generic_with_memory_and_without(mon
     assert len([line for line in table if line.startswith("| ") and "---" not in line]) == 1 + 2 + 1 + 1
 
 
+def test_measure_takes_given_prompts_in_place_of_its_cuts(monkeypatch):
+    monkeypatch.setattr(speakers, "continue_prompt", lambda checkpoint, prompt, *_: [prompt.decode()])
+    text = play("ARIEL", "CALIBAN", "ARIEL", filler=10)
+    result = speaker_measure(None, {"tempest": text}, frozenset(), SpeakerSettings(), spans={"tempest": [(0, 20)]})
+    assert [(e["start"], e["end"]) for e in result["prompts"]] == [(0, 20)]
+    assert result["overall"]["memory"] == {"hits": 1, "names": 1, "share": 1.0}  # ARIEL, in the first 20 bytes
+
+
 def test_measure_runs_the_engine_with_fixed_seeds():
     checkpoint = tiny_checkpoint(tiny_config(seq_len=16, mem_len=16))
     text = play(*["ARIEL", "CALIBAN", "SERVANT"] * 10)

@@ -89,19 +89,22 @@ def continue_prompt(checkpoint, prompt: bytes, mem_len: int | None, s: SpeakerSe
 
 
 def speaker_measure(checkpoint, plays: dict[str, bytes], generic: frozenset[str], s: SpeakerSettings,
-                    log=None) -> dict:
+                    log=None, spans: dict[str, list[tuple[int, int]]] | None = None) -> dict:
     """Every prompt of every play continued s.samples times with the model's own memory and without any: the
-    names counted (generic ones left out), the hits among them, and their share, per prompt, per play and overall."""
+    names counted (generic ones left out), the hits among them, and their share, per prompt, per play and overall.
+    The prompts are those prompt_ends cuts, or the (start, end) byte ranges spans gives for a play."""
     result = {"settings": {**asdict(s), "temperature": TEMPERATURE, "top_p": TOP_P,
                            "generic_min_plays": GENERIC_MIN_PLAYS},
               "generic_names": sorted(generic), "prompts": [], "plays": {}, "overall": {}}
     index = 0
     for play, text in plays.items():
         members = cast(text)
-        for end in prompt_ends(text, s.prompts, s.prompt_bytes, s.phase):
-            entry = {"play": play, "start": end - s.prompt_bytes, "end": end, "seed": s.seed + index}
+        cuts = (spans or {}).get(play) or [(end - s.prompt_bytes, end)
+                                           for end in prompt_ends(text, s.prompts, s.prompt_bytes, s.phase)]
+        for start, end in cuts:
+            entry = {"play": play, "start": start, "end": end, "seed": s.seed + index}
             for mode, (mem_len, _) in MODES.items():
-                texts = continue_prompt(checkpoint, text[end - s.prompt_bytes:end], mem_len, s, s.seed + index)
+                texts = continue_prompt(checkpoint, text[start:end], mem_len, s, s.seed + index)
                 counted = Counter(name for t in texts for name in speaker_names(t) if name not in generic)
                 entry[mode] = tally(sum(n for name, n in counted.items() if name in members), sum(counted.values()))
                 entry[mode]["written"] = dict(counted.most_common())
@@ -122,7 +125,7 @@ def tally(hits: int, names: int) -> dict:
 def speaker_table(result: dict) -> str:
     """A Markdown table: hits / names and their share with memory and without, per prompt, per play and overall."""
     s = result["settings"]
-    lines = [f"Speaker names from the prompt's play: {s['prompts']} prompts of {s['prompt_bytes']} bytes per play, "
+    lines = [f"Speaker names from the prompt's play: {len(result['prompts'])} prompts (their bytes in the play below), "
              f"each continued {s['samples']} times for {s['new_tokens']} tokens (temperature {s['temperature']}, "
              f"top-p {s['top_p']}, seeds from {s['seed']}); names that speak in {s['generic_min_plays']} or more "
              "training plays are not counted.", "",
