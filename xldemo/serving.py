@@ -163,6 +163,9 @@ class Scheduler:
             request.released.wait(CANCEL_WAIT_S)
 
     def _loop(self) -> None:
+        # one core fewer than torch's choice: the server's threads streaming the results to visitors need one, and a
+        # parallel region waiting for a busy core costs more than the core adds (torch's setting is per thread)
+        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
         while True:
             with self.lock:
                 self._drop_cancelled()
