@@ -42,7 +42,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     summary = train(s, progress=False)
     log = json.loads((tmp_path / "run" / "state.json").read_text())["log"]
     assert [entry["step"] for entry in log] == list(range(1, 41))
-    assert summary["tokens"] == 40 * 4 * 2 * 32
+    assert summary["tokens"] == 40 * 4 * 2 * 32 and summary["tokens_per_s"] > 0
     first, last = log[0]["loss"], sum(entry["loss"] for entry in log[-5:]) / 5
     assert first > 5.0  # about ln(256): an untrained model guesses bytes uniformly
     assert last < first - 1.5

@@ -143,7 +143,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         log.append({"step": 0, **validate(model, config, val_data.to(device), generic, s)})
     model.train()
     bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
-    started, first_step = time.perf_counter(), step
+    started, first_step, validating = time.perf_counter(), step, 0.0  # tokens/s leaves validation's time out
+    elapsed = 0.0
     while step < s.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, s)
@@ -155,10 +156,12 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        elapsed = time.perf_counter() - started
         entry = {"step": step, "loss": loss.item(), "lr": learning_rate(step - 1, s)}
         if rank == 0 and (step % s.eval_every == 0 or step == s.steps):
+            began = time.perf_counter()
             entry.update(validate(model, config, val_data.to(device), generic, s))
+            validating += time.perf_counter() - began
+        elapsed = time.perf_counter() - started - validating
         log.append(entry)
         bar.update(1)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", val_bpb=f"{last_val(log):.3f}",
@@ -173,7 +176,9 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {"steps": step, "tokens": step * tokens_per_step, "final_loss": log[-1].get("loss") if log else None,
-            "val_bpb": last_val(log), "val_speakers": last_val(log, "val_speakers", None)}
+            "val_bpb": last_val(log), "val_speakers": last_val(log, "val_speakers", None),
+            # this process's steps only, validation left out: what a longer run of the same settings would get
+            "tokens_per_s": tokens_per_step * (step - first_step) / elapsed if elapsed else None}
 
 
 def last_val(log: list[dict], key: str = "val_bpb", missing=float("nan")):
