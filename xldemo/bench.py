@@ -111,8 +111,8 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
             log(f"serving: {n} streams at once through the scheduler, {settings.repeats} rounds")
             runs = [_serving_run(checkpoint, prompt, n, settings.new_tokens) for _ in range(settings.repeats)]
             total, each = (statistics.median(f(rates) for rates, _ in runs) for f in (sum, statistics.median))
-            rows.append(Row(f"decode tokens/s, {n} streams at once through the scheduler, all together (ratio: to one "
-                            "stream alone)", None, total, total / our_speed))
+            rows.append(Row(f"decode tokens/s, {n} at once through the scheduler, all together (ratio: to one stream "
+                            "alone)", None, total, total / our_speed))
             rows.append(Row(f"decode tokens/s per stream, {n} at once (ratio: to one stream alone)", None, each,
                             each / our_speed))
             rows.append(Row(f"peak RSS growth per stream, {n} at once (MB)", None,
