@@ -121,10 +121,6 @@ class BatchedDecoder:
         """Hidden states per layer in the memory of row's current segment."""
         return self.memory[row]
 
-    def bytes_per_row(self) -> int:
-        """What one stream's buffers take."""
-        return sum(t[:, 0].numel() * t.element_size() for t in (self.hidden, self.raw_keys, self.keys, self.values))
-
     def _prefill(self, row: int, ids: torch.Tensor) -> torch.Tensor:
         """Runs ids (1, n) at the first n slots of row's segment, each attending to its memory and the segment up to
         itself, as FastDecoder._prefill does for a batch of one."""
