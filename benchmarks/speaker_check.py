@@ -12,7 +12,7 @@ import torch
 from xldemo.checkpoint import load_checkpoint
 from xldemo.data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, test_texts, train_plays
 from xldemo.examples import EXAMPLES, PROMPTS
-from xldemo.speakers import SpeakerSettings, generic_names, speaker_measure, speaker_table
+from xldemo.speakers import SpeakerSettings, speaker_measure, speaker_table, speaking_plays
 
 # unlike the eval's 6 prompts of 1,536 bytes ending mid-way through each sixth of a play, seeds from 0, 8 samples of
 # 512 tokens: prompts of eight segments ending a quarter of the way through each eighth, longer continuations
@@ -53,12 +53,12 @@ def main() -> None:
         plays = {name: text for name, text in test_texts(folder).items() if name.endswith(MODERN)}
     else:
         plays = {VALIDATION_PLAY + MODERN: load_split(folder, "validation")}
-    generic = generic_names(train_plays(Path(args.data)))
+    trained = speaking_plays(train_plays(Path(args.data)))
     print(f"{args.checkpoint}: prompts of this check's own\n")
-    print(speaker_table(speaker_measure(checkpoint, plays, generic, OWN, log=progress)))
+    print(speaker_table(speaker_measure(checkpoint, plays, trained, OWN, log=progress)))
     if args.split == "test":
         print("The app's four example prompts\n")
-        print(speaker_table(speaker_measure(checkpoint, plays, generic, EXAMPLE_SAMPLES, log=progress,
+        print(speaker_table(speaker_measure(checkpoint, plays, trained, EXAMPLE_SAMPLES, log=progress,
                                             spans=example_spans(plays))))
     print(f"{time.perf_counter() - began:.0f} s, {torch.get_num_threads()} threads, torch {torch.__version__}")
 

@@ -110,7 +110,7 @@ def test_validation_logs_the_speaker_measure_on_the_validation_play(tmp_path):
     assert "val_speakers" not in log[0] and log[1]["val_speakers"] == summary["val_speakers"]
     for mode in ("memory", "no_memory"):
         figures = summary["val_speakers"][mode]
-        assert 0 <= figures["hits"] <= figures["names"]
+        assert 0 <= figures["new_hits"] <= figures["hits"] <= figures["names"]
 
 
 def test_folio_adds_the_training_plays_folio_editions_after_the_modern_ones():

@@ -11,7 +11,7 @@ from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .data import DEFAULT_CACHE, MODERN, prepare, test_texts, train_plays
 from .errors import XLDemoError
 from .options import setting
-from .speakers import SpeakerSettings, generic_names, speaker_measure, speaker_table
+from .speakers import SpeakerSettings, speaker_measure, speaker_table, speaking_plays
 from .sweep import DEFAULT_MEM_LENS, check_mem_lens, memory_sweep
 from .teacher import bits_per_token
 
@@ -179,8 +179,8 @@ def run_eval(s: EvalSettings) -> str:
     report = markdown_report(result) + "\n" + sweep_report(result["memory_sweep"])
     if s.speaker_prompts:
         plays = {name: text for name, text in texts.items() if name.endswith(MODERN)}
-        generic = generic_names(train_plays(Path(s.data)))
-        result["speakers"] = speaker_measure(checkpoint, plays, generic, speaker_settings)
+        trained = speaking_plays(train_plays(Path(s.data)))
+        result["speakers"] = speaker_measure(checkpoint, plays, trained, speaker_settings)
         report += "\n" + speaker_table(result["speakers"])
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "eval.md").write_text(report)

@@ -7,7 +7,9 @@ a speech in it. Act and scene headings share the form and are no speakers. A nam
 or more of the training plays (SERVANT, MESSENGER, ALL, FIRST LORD, KING, and the histories' YORK or WARWICK) is
 left out of both counts: naming it says nothing about which play is being continued, and counting it would give any
 model hits for free. Every other name is counted, and is a hit when the prompt's play has it in its cast; a name no
-play has is a miss. Names in other forms (`Ham.`, or no full stop) are not read."""
+play has is a miss. Hits on names that speak in no training play are counted apart as new: the model can only have
+them from the prompt, where a name shared with a training play (BRUTUS, PORTIA) may come from what it learnt of
+that play. Names in other forms (`Ham.`, or no full stop) are not read."""
 
 import re
 from collections import Counter
@@ -57,10 +59,14 @@ def cast(play: bytes) -> frozenset[str]:
     return frozenset(speaker_names(play.decode("latin-1")))
 
 
-def generic_names(train_plays: dict[str, bytes], min_plays: int = GENERIC_MIN_PLAYS) -> frozenset[str]:
-    """The names that speak in at least min_plays of the training plays."""
-    counts = Counter(name for text in train_plays.values() for name in cast(text))
-    return frozenset(name for name, plays in counts.items() if plays >= min_plays)
+def speaking_plays(train_plays: dict[str, bytes]) -> Counter:
+    """name -> how many of the training plays it speaks in."""
+    return Counter(name for text in train_plays.values() for name in cast(text))
+
+
+def generic_names(trained: Counter, min_plays: int = GENERIC_MIN_PLAYS) -> frozenset[str]:
+    """The names that speak in at least min_plays of the training plays; trained is what speaking_plays gives."""
+    return frozenset(name for name, plays in trained.items() if plays >= min_plays)
 
 
 def prompt_ends(play: bytes, count: int, length: int, phase: float = 0.5) -> list[int]:
@@ -88,11 +94,13 @@ def continue_prompt(checkpoint, prompt: bytes, mem_len: int | None, s: SpeakerSe
     raise XLDemoError("generation ended without a Finished event")
 
 
-def speaker_measure(checkpoint, plays: dict[str, bytes], generic: frozenset[str], s: SpeakerSettings,
+def speaker_measure(checkpoint, plays: dict[str, bytes], trained: Counter, s: SpeakerSettings,
                     log=None, spans: dict[str, list[tuple[int, int]]] | None = None) -> dict:
     """Every prompt of every play continued s.samples times with the model's own memory and without any: the
-    names counted (generic ones left out), the hits among them, and their share, per prompt, per play and overall.
-    The prompts are those prompt_ends cuts, or the (start, end) byte ranges spans gives for a play."""
+    names counted (generic ones left out), the hits among them, their share and the new ones, per prompt, per play
+    and overall. trained is what speaking_plays gives for the training plays. The prompts are those prompt_ends
+    cuts, or the (start, end) byte ranges spans gives for a play."""
+    generic = generic_names(trained)
     result = {"settings": {**asdict(s), "temperature": TEMPERATURE, "top_p": TOP_P,
                            "generic_min_plays": GENERIC_MIN_PLAYS},
               "generic_names": sorted(generic), "prompts": [], "plays": {}, "overall": {}}
@@ -106,7 +114,9 @@ def speaker_measure(checkpoint, plays: dict[str, bytes], generic: frozenset[str]
             for mode, (mem_len, _) in MODES.items():
                 texts = continue_prompt(checkpoint, text[start:end], mem_len, s, s.seed + index)
                 counted = Counter(name for t in texts for name in speaker_names(t) if name not in generic)
-                entry[mode] = tally(sum(n for name, n in counted.items() if name in members), sum(counted.values()))
+                hits = {name: n for name, n in counted.items() if name in members}
+                entry[mode] = tally(sum(hits.values()), sum(counted.values()),
+                                    sum(n for name, n in hits.items() if not trained[name]))
                 entry[mode]["written"] = dict(counted.most_common())
             result["prompts"].append(entry)
             index += 1
@@ -118,8 +128,8 @@ def speaker_measure(checkpoint, plays: dict[str, bytes], generic: frozenset[str]
     return result
 
 
-def tally(hits: int, names: int) -> dict:
-    return {"hits": hits, "names": names, "share": hits / names if names else None}
+def tally(hits: int, names: int, new: int) -> dict:
+    return {"hits": hits, "names": names, "share": hits / names if names else None, "new_hits": new}
 
 
 def speaker_table(result: dict) -> str:
@@ -128,7 +138,7 @@ def speaker_table(result: dict) -> str:
     lines = [f"Speaker names from the prompt's play: {len(result['prompts'])} prompts (their bytes in the play below), "
              f"each continued {s['samples']} times for {s['new_tokens']} tokens (temperature {s['temperature']}, "
              f"top-p {s['top_p']}, seeds from {s['seed']}); names that speak in {s['generic_min_plays']} or more "
-             "training plays are not counted.", "",
+             "training plays are not counted; new: hits on names that speak in no training play.", "",
              "| play | prompt bytes | with memory | without memory | difference |", "|---|---|---:|---:|---:|"]
     rows = [(e["play"], f"{e['start']}-{e['end']}", e) for e in result["prompts"]]
     rows += [(f"**{play}**", "all", totals) for play, totals in result["plays"].items()]
@@ -142,10 +152,10 @@ def speaker_table(result: dict) -> str:
 
 
 def _totals(entries: list[dict]) -> dict:
-    return {mode: tally(sum(e[mode]["hits"] for e in entries), sum(e[mode]["names"] for e in entries))
+    return {mode: tally(*(sum(e[mode][key] for e in entries) for key in ("hits", "names", "new_hits")))
             for mode in MODES}
 
 
 def _cell(figures: dict) -> str:
     share = "—" if figures["share"] is None else f"{100 * figures['share']:.1f}%"
-    return f"{figures['hits']}/{figures['names']} ({share})"
+    return f"{figures['hits']}/{figures['names']} ({share}), {figures['new_hits']} new"

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from .checkpoint import Checkpoint, build_model, load_checkpoint, read_config, s
 from .data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, train_plays, training_text
 from .errors import XLDemoError
 from .options import setting
-from .speakers import SpeakerSettings, generic_names, speaker_measure
+from .speakers import SpeakerSettings, speaker_measure, speaking_plays
 from .teacher import bits_per_token
 from .tokenizer import ByteTokenizer
 
@@ -87,21 +88,21 @@ def validation_bpb(net, data: torch.Tensor, nbytes: int) -> float:
     return bpb
 
 
-def validation_speakers(model, config: dict, play: bytes, generic: frozenset[str], s: SpeakerSettings) -> dict:
+def validation_speakers(model, config: dict, play: bytes, trained: Counter, s: SpeakerSettings) -> dict:
     """The speaker-name measure on the validation play, run by the engine on a CPU copy of the weights."""
     net = build_model(config).eval()
     net.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     checkpoint = Checkpoint(net, config, ByteTokenizer(), "training")
-    return speaker_measure(checkpoint, {VALIDATION_PLAY + MODERN: play}, generic, s)["overall"]
+    return speaker_measure(checkpoint, {VALIDATION_PLAY + MODERN: play}, trained, s)["overall"]
 
 
-def validate(model, config: dict, val_data: torch.Tensor, generic: frozenset[str] | None, s: TrainSettings) -> dict:
+def validate(model, config: dict, val_data: torch.Tensor, trained: Counter | None, s: TrainSettings) -> dict:
     """What a model is chosen by: bits per byte on the validation play, and its speaker-name measure."""
     figures = {"val_bpb": validation_bpb(model, val_data, s.eval_bytes)}
     if s.speaker_prompts:
         speaker_settings = SpeakerSettings(prompts=s.speaker_prompts, samples=s.speaker_samples,
                                            new_tokens=s.speaker_new_tokens)
-        figures["val_speakers"] = validation_speakers(model, config, bytes(val_data.cpu().numpy()), generic,
+        figures["val_speakers"] = validation_speakers(model, config, bytes(val_data.cpu().numpy()), trained,
                                                       speaker_settings)
     return figures
 
@@ -135,12 +136,12 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     folder = prepare(Path(s.data))
     train_data = torch.frombuffer(bytearray(training_text(folder, s.folio)), dtype=torch.uint8)
     val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
-    generic = generic_names(train_plays(Path(s.data))) if s.speaker_prompts else None
+    trained = speaking_plays(train_plays(Path(s.data))) if s.speaker_prompts else None
     length = s.segments * config["max_seq_len"] + 1
     tokens_per_step = s.batch_size * (length - 1) * world
 
     if rank == 0 and step == 0 and s.init_from:  # the starting weights' figures, for the run to be compared with
-        log.append({"step": 0, **validate(model, config, val_data.to(device), generic, s)})
+        log.append({"step": 0, **validate(model, config, val_data.to(device), trained, s)})
     model.train()
     bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
     started, first_step, validating = time.perf_counter(), step, 0.0  # tokens/s leaves validation's time out
@@ -159,7 +160,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         entry = {"step": step, "loss": loss.item(), "lr": learning_rate(step - 1, s)}
         if rank == 0 and (step % s.eval_every == 0 or step == s.steps):
             began = time.perf_counter()
-            entry.update(validate(model, config, val_data.to(device), generic, s))
+            entry.update(validate(model, config, val_data.to(device), trained, s))
             validating += time.perf_counter() - began
         elapsed = time.perf_counter() - started - validating
         log.append(entry)
