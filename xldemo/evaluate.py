@@ -1,5 +1,4 @@
-"""Test-set evaluation: bits per byte on the held-out plays, with XL memory and without, by position in a segment
-and by memory length, and the speaker-name measure on the test plays' modern editions."""
+"""Test-set evaluation: bits per byte on the held-out plays (memory or not, by position, by memory length), speakers."""
 
 import json
 from dataclasses import dataclass, replace

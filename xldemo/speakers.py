@@ -1,15 +1,4 @@
-"""The speaker-name measure: of the speakers a continuation names, the share that belong to the prompt's play, with
-memory and without, on prompts cut from the play at fixed places and decoded with fixed seeds.
-
-What counts. A speech opens with a line holding only the speaker's name in capitals and a full stop (`PROSPERO.`,
-`LADY MACBETH.`), the form of the validation and test plays' modern editions; a play's cast is every name that opens
-a speech in it. Act and scene headings share the form and are no speakers. A name that speaks in GENERIC_MIN_PLAYS
-or more of the training plays (SERVANT, MESSENGER, ALL, FIRST LORD, KING, and the histories' YORK or WARWICK) is
-left out of both counts: naming it says nothing about which play is being continued, and counting it would give any
-model hits for free. Every other name is counted, and is a hit when the prompt's play has it in its cast; a name no
-play has is a miss. Hits on names that speak in no training play are counted apart as new: the model can only have
-them from the prompt, where a name shared with a training play (BRUTUS, PORTIA) may come from what it learnt of
-that play. Names in other forms (`Ham.`, or no full stop) are not read."""
+"""The speaker-name measure: the share of speaker names in generated text that belong to the prompt's play."""
 
 import re
 from collections import Counter
@@ -18,10 +7,19 @@ from dataclasses import asdict, dataclass
 from .engine import Finished, GenerationSettings, generate
 from .errors import XLDemoError
 
+# What counts. A speech opens with a line holding only the speaker's name in capitals and a full stop (`PROSPERO.`,
+# `LADY MACBETH.`), the form of the validation and test plays' modern editions; a play's cast is every name that opens
+# a speech in it. Act and scene headings share the form and are no speakers. A name that speaks in GENERIC_MIN_PLAYS
+# or more of the training plays (SERVANT, MESSENGER, ALL, FIRST LORD, KING, and the histories' YORK or WARWICK) is
+# left out of both counts: naming it says nothing about which play is being continued, and counting it would give any
+# model hits for free. Every other name is counted, and is a hit when the prompt's play has it in its cast; a name no
+# play has is a miss. Hits on names that speak in no training play are counted apart as new: the model can only have
+# them from the prompt, where a name shared with a training play (BRUTUS, PORTIA) may come from what it learnt of
+# that play. Names in other forms (`Ham.`, or no full stop) are not read.
 SPEAKER_LINE = re.compile(r"^([A-Z](?:[A-Z'&. -]*[A-Z])?)\.[ \t]*\r?(?=\n)", re.M)
 HEADING = re.compile(r"(?:ACT|SCENE|INDUCTION)\b.*|[IVXLC]+|PERSONS REPRESENTED|DRAMATIS PERSONAE")
-# at 3 training plays the list is roles and the histories' recurring lords; at 2 it would take in pairs of plays'
-# own characters (ROSS, FALSTAFF), at 4 keep GENTLEMAN, LADY and OFFICER
+# at 3 training plays the list is mostly roles and the histories' recurring lords; at 2 it would take in characters
+# that two plays share (FALSTAFF, CLAUDIO, EMILIA), at 4 keep GENTLEMAN, LADY, HOST and FIRST CITIZEN
 GENERIC_MIN_PLAYS = 3
 # how the card's sample and the app continue a play: the text a visitor sees
 TEMPERATURE, TOP_P = 0.8, 0.95
