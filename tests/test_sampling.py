@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xldemo.engine import GenerationSettings
-from xldemo.sampling import choose_tokens, filter_logits, penalize_repeats
+from xldemo.sampling import choose_tokens, choose_tokens_apart, filter_logits, penalize_repeats
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
@@ -50,3 +50,17 @@ def test_greedy_is_argmax_after_penalty_and_sampling_respects_filters():
     generator = torch.Generator().manual_seed(0)
     draws = {choose_tokens(LOGITS, seen, GenerationSettings(top_k=3), generator).item() for _ in range(200)}
     assert draws == {0, 1, 2}
+
+
+@pytest.mark.parametrize("settings", [GenerationSettings(temperature=1.0, top_p=0.9, repetition_penalty=1.3),
+                                      GenerationSettings(temperature=0.7, top_k=3, min_p=0.05),
+                                      GenerationSettings(temperature=0)])
+def test_rows_drawn_apart_are_what_each_row_draws_alone(settings):
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 3
+    seen = torch.rand(4, 50, generator=torch.Generator().manual_seed(1)) < 0.2
+    for draw in range(20):
+        together = choose_tokens_apart(logits, seen, settings, [torch.Generator().manual_seed(draw * 4 + i)
+                                                                for i in range(4)])
+        alone = [choose_tokens(logits[i:i + 1], seen[i:i + 1], settings, torch.Generator().manual_seed(draw * 4 + i))
+                 for i in range(4)]
+        assert together.tolist() == torch.cat(alone).tolist()

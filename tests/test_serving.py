@@ -181,3 +181,19 @@ def test_a_fault_reaches_every_stream_instead_of_hanging(monkeypatch):
         list(scheduler.generate([1, 2, 3], GenerationSettings(max_new_tokens=5)))
     assert scheduler.live() == (0, 0)
     assert list(scheduler.generate([1], GenerationSettings(max_new_tokens=3)))[-1].reason == "length"  # a new decoder
+
+
+def test_streams_with_one_sampling_setting_draw_together_each_as_alone(monkeypatch):
+    checkpoint, groups = tiny_checkpoint(), []
+    draw = serving.choose_tokens_apart
+    monkeypatch.setattr(serving, "choose_tokens_apart", lambda *a: groups.append(len(a[3])) or draw(*a))
+    settings = [GenerationSettings(max_new_tokens=200 + i, temperature=1.0, top_p=0.9, repetition_penalty=1.2, seed=i)
+                for i in range(4)]
+    prompts = [prompt_of(i) for i in (0, 2, 3, 4)]
+    scheduler = Scheduler(checkpoint)
+    streams = [scheduler.generate(p, s) for p, s in zip(prompts, settings)]
+    heads = [[next(s), next(s)] for s in streams]  # the second event waits for the stream to be under way
+    results = [head + list(stream) for head, stream in zip(heads, streams)]
+    assert max(groups) > 1  # they did share passes
+    for p, s, events in zip(prompts, settings, results):
+        assert same_events(events, list(generate(checkpoint, p, s)))

@@ -32,8 +32,17 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
 
 def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, settings, generator: torch.Generator) -> torch.Tensor:
     """logits (b, v) -> token ids (b,). temperature 0 is greedy: the argmax after the repetition penalty."""
+    return choose_tokens_apart(logits, seen, settings, [generator])
+
+
+def choose_tokens_apart(logits: torch.Tensor, seen: torch.Tensor, settings, generators: list[torch.Generator]
+                        ) -> torch.Tensor:
+    """choose_tokens for rows (b, v) of independent streams with one settings: row i draws from generators[i], as it
+    would alone (one generator: every row draws from it, as choose_tokens does)."""
     logits = penalize_repeats(logits.float(), seen, settings.repetition_penalty)
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p, settings.min_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    probs = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p, settings.min_p).softmax(-1)
+    if len(generators) == 1:
+        return torch.multinomial(probs, 1, generator=generators[0]).squeeze(-1)
+    return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generators)]).squeeze(-1)

@@ -22,7 +22,7 @@ from .engine import generate as engine_generate
 from .errors import XLDemoError
 from .fast import unsupported_reason
 from .memory import warm_up_memory
-from .sampling import choose_tokens
+from .sampling import choose_tokens_apart
 
 MAX_BATCH = 8  # streams decoded at once per checkpoint; more wait for a row
 PREFIX_CACHE_SIZE = 8  # warmed-up prompt memories kept per checkpoint, least recently used dropped first
@@ -182,9 +182,7 @@ class Scheduler:
         self._warm_up_one()
         self._admit_one()
         if self.rows:
-            logits = self.decoder.step(torch.tensor([r.chosen for r in self.rows]))  # (rows, v)
-            for row in reversed(range(len(self.rows))):  # from the end: a finished row takes the last one's place
-                self._take(row, logits[row:row + 1])
+            self._take(self.decoder.step(torch.tensor([r.chosen for r in self.rows])), range(len(self.rows)))
         now = time.perf_counter()
         for request in self.rows + self.waiting:
             request.send(now)
@@ -241,16 +239,30 @@ class Scheduler:
         logits = self.decoder.add(request.prompt[:, current * seg_len:], request.mems, request.mem_len)  # (1, v)
         request.mems = None  # the decoder holds it now; the cache may hold it too
         self.rows.append(request)
-        self._take(len(self.rows) - 1, logits)
+        self._take(logits, range(len(self.rows) - 1, len(self.rows)))
 
-    def _take(self, row: int, logits: torch.Tensor) -> None:
-        """Samples row's next token from its logits (1, v) and tells its stream, as the engine's loop does; a
-        finished stream leaves the batch."""
+    def _take(self, logits: torch.Tensor, rows: range) -> None:
+        """Samples the next token of each of rows from its logits (len(rows), v): streams with the same sampling
+        settings in one pass, each drawing from its own generator as it would alone, which spares the decoding
+        thread most of a pass per stream."""
+        requests, chosen, groups = [self.rows[row] for row in rows], torch.empty(len(rows), dtype=torch.long), {}
+        for i, request in enumerate(requests):
+            s = request.settings
+            groups.setdefault((s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty), []).append(i)
+        for members in groups.values():
+            chosen[members] = choose_tokens_apart(logits[members], torch.cat([requests[i].seen for i in members]),
+                                                  requests[members[0]].settings,
+                                                  [requests[i].generator for i in members])
+        logprobs = logits.float().log_softmax(dim=-1).gather(-1, chosen[:, None]).squeeze(-1).tolist()
+        for i in reversed(range(len(rows))):  # from the end: a finished row takes the last one's place
+            self._tell(rows[i], int(chosen[i]), logprobs[i], logits[i])
+
+    def _tell(self, row: int, token: int, logprob: float, logits: torch.Tensor) -> None:
+        """Tells row's stream of its token, chosen from logits (v,), as the engine's loop does; a finished stream
+        leaves the batch."""
         request, seg_len, settings = self.rows[row], self.checkpoint.max_seq_len, self.rows[row].settings
-        chosen = choose_tokens(logits, request.seen, settings, request.generator)  # (1,)
-        logprob = float(logits.float().log_softmax(dim=-1)[0, chosen])
-        request.seen[0, chosen] = True
-        position, token = request.position, int(chosen)
+        request.seen[0, token] = True
+        position = request.position
         if position % seg_len == 0:
             request.tell(SegmentStarted(position // seg_len, position, "generated"))
         request.ids.append(token)
@@ -261,7 +273,7 @@ class Scheduler:
             tail = request.stream.flush()
             request.text, piece = request.text + tail, piece + tail
         request.tell(Token(token, piece, logprob, position, position // seg_len, 0,
-                                 logits[0].clone() if request.keep_logits else None))
+                           logits.clone() if request.keep_logits else None))
         request.last_token_at = time.perf_counter()
         request.first_token_at = request.first_token_at or request.last_token_at
         if reason is None:
@@ -269,9 +281,9 @@ class Scheduler:
             return
         decoded, elapsed = len(request.ids) - 1, request.last_token_at - request.first_token_at
         request.tell(Finished((reason,), (tuple(request.ids),), (request.text,), request.warmup_s,
-                                    request.first_token_at - request.started,
-                                    decoded / elapsed if decoded > 0 and elapsed > 0 else math.nan,
-                                    position // seg_len + 1, self.decoder.memory_tokens(row)))
+                              request.first_token_at - request.started,
+                              decoded / elapsed if decoded > 0 and elapsed > 0 else math.nan,
+                              position // seg_len + 1, self.decoder.memory_tokens(row)))
         request.send(request.last_token_at, force=True)
         with self.lock:
             self._release(row)
