@@ -1,6 +1,5 @@
-"""Serving many visitors at once: per checkpoint, one thread decodes every stream in one batch, streams joining and
-leaving between steps and prompts warmed up a segment at a time between the others' steps; each stream is read as
-a generator of the engine's own events."""
+"""Serving many visitors at once: per checkpoint, one thread decodes every stream in one batch that streams join and
+leave between steps; each stream reads as a generator of the engine's own events."""
 
 import hashlib
 import math
