@@ -73,12 +73,24 @@ def applicable(checkpoint, decoder) -> bool:
     return decoder == "uncached" or kv_cache_problem(checkpoint.model) is None
 
 
-@pytest.mark.parametrize("decoder", ["fast", "generic", "uncached"])
-@pytest.mark.parametrize("name", CONFIGS)
+# the decoders that cannot be exact for a configuration: the fast one implements only the standard decoder, and
+# x-transformers' KV cache is not exact with memory tokens
+CANNOT = {"t5 rel_pos_bias": {"fast"}, "alibi, flash attention": {"fast"}, "shift_mem_down": {"fast"},
+          "memory key/values": {"fast"}, "memory tokens": {"fast", "generic"}}
+CASES = [(name, decoder) for name in CONFIGS for decoder in ("fast", "generic", "uncached")
+         if decoder not in CANNOT.get(name, ())]
+
+
+def test_the_decoders_left_out_are_those_that_cannot_run_their_configuration():
+    for name in CONFIGS:
+        checkpoint = tiny_checkpoint(CONFIGS[name])
+        for decoder in ("fast", "generic", "uncached"):
+            assert applicable(checkpoint, decoder) == (decoder not in CANNOT.get(name, ())), (name, decoder)
+
+
+@pytest.mark.parametrize("name, decoder", CASES)
 def test_details_equal_x_transformers_attention_and_logits(name, decoder):
     checkpoint = tiny_checkpoint(CONFIGS[name])
-    if not applicable(checkpoint, decoder):
-        pytest.skip(f"no {decoder} decoder for {name}")
     net, ranks = reference_model(checkpoint), set()
     for length in PROMPT_LENGTHS:
         prompt = random_prompt(length, seed=length)
