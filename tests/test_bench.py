@@ -9,6 +9,13 @@ from xldemo.bench import BenchSettings, format_table, peak_rss_growth, run_bench
 from xldemo.checkpoint import save_checkpoint
 
 
+def tiny_config_file(tmp_path):
+    """A config.json of a tiny model, for a bench of a random model of its shape."""
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(tiny_config()))
+    return path
+
+
 def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_path, monkeypatch):
     """Timings are made up: per round, the reference decodes 64 tokens in 0.64 s more than 1 token (100 tokens/s)
     in one round, 50 and 200 in the others; xldemo at 400, 300 and 500, with details at 200, 150 and 300; the
@@ -32,8 +39,7 @@ def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_pat
     monkeypatch.setattr(bench, "_reference_seconds", reference_seconds)
     monkeypatch.setattr(bench, "_xldemo_seconds", xldemo_seconds)
     monkeypatch.setattr(bench, "_xldemo_first_token_seconds", lambda *args: next(ttft["xldemo"]))
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_config()))
+    config = tiny_config_file(tmp_path)
     rows, about = run_bench(BenchSettings(random_config=str(config), new_tokens=65, prompt_segments=2,
                                           ttft_prompt_bytes=40, memory_prompt_bytes="", repeats=3, cli_repeats=0,
                                           app_repeats=0, streams=""))
@@ -51,8 +57,7 @@ def test_rows_are_medians_of_interleaved_rounds_of_long_minus_short_runs(tmp_pat
 
 
 def test_bench_measures_both_sides_on_a_tiny_random_model(tmp_path):
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_config()))
+    config = tiny_config_file(tmp_path)
     # enough tokens and rounds that a long run minus a 1-token one outweighs a busy machine's noise
     settings = BenchSettings(random_config=str(config), new_tokens=64, prompt_segments=2, ttft_prompt_bytes=40,
                              memory_prompt_bytes="", repeats=3, cli_repeats=0, app_repeats=0, streams="")
@@ -66,8 +71,7 @@ def test_bench_measures_both_sides_on_a_tiny_random_model(tmp_path):
 
 
 def test_serving_rows_give_rates_all_together_and_per_stream_and_memory_per_stream(tmp_path):
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny_config()))
+    config = tiny_config_file(tmp_path)
     settings = BenchSettings(random_config=str(config), new_tokens=48, prompt_segments=2, ttft_prompt_bytes=20,
                              memory_prompt_bytes="", repeats=1, cli_repeats=0, app_repeats=0, streams="1,3")
     rows, _ = run_bench(settings)
