@@ -8,8 +8,8 @@ from html import unescape
 from conftest import generated_text, labels, tiny_checkpoint, tiny_config, visible_text
 from xldemo.details import token_record
 from xldemo.engine import Finished, GenerationSettings, Token, generate
-from xldemo.web.memory_html import RANK, token_label
-from xldemo.web.view import Run, Throttle, compare_status
+from xldemo.web.memory_html import RANK, DetailedText, token_label
+from xldemo.web.view import DETAILED_TOKENS, Run, Throttle, compare_status, detailed_from
 
 PROMPT = list(b"To be, or not to be, that is the question")  # 41 bytes: segments of 8, the sixth holds its end
 
@@ -100,3 +100,14 @@ def test_the_memory_view_carries_each_tokens_figures_from_the_engine():
 def test_token_labels_show_whitespace_and_partial_characters():
     tokenizer = tiny_checkpoint().tokenizer
     assert [token_label(tokenizer, i) for i in (ord("a"), ord(" "), ord("\n"), 0xC3)] == ["a", "␣", "↵", "0xC3"]
+
+
+def test_a_256_kb_prompt_sends_the_memory_view_only_what_memory_can_reach():
+    tokenizer, seg_len, mem_len = tiny_checkpoint().tokenizer, 256, 256
+    ids = list(b"ALONSO. Good boatswain, have care. Where's the master?\n" * 4900)[:256 * 1024]
+    first = detailed_from(ids, seg_len, mem_len)
+    assert first == 256 * 1024 - seg_len - mem_len  # the prompt's last segment and the one memory holds
+    html = DetailedText(tokenizer, ids, seg_len, first, "rank").html()
+    assert len(html) < 40_000 and html.count('class="xl-c xl-prompt"') == seg_len + mem_len
+    assert f"{first:,} earlier prompt tokens are in memory or gone from it" in html
+    assert detailed_from(ids, seg_len, 10**6) == 256 * 1024 - DETAILED_TOKENS  # however long the memory
