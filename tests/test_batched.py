@@ -8,22 +8,14 @@ from conftest import tiny_checkpoint, tiny_config
 from test_fast import SUPPORTED, random_tokens
 from xldemo.batched import BatchedDecoder
 from xldemo.errors import XLDemoError
-from xldemo.memory import memory_after, next_memory
+from xldemo.memory import memory_after
 from xldemo.teacher import teacher_forced_logits
 
 
 def reference_logits(net, tokens: torch.Tensor, mem_len: int) -> torch.Tensor:
     """The segmented teacher-forced pass (b, n, v), through x-transformers' own modules, with memory cut to mem_len:
     the model's own max_mem_len goes through teacher_forced_logits itself."""
-    if mem_len == net.max_mem_len:
-        return teacher_forced_logits(net, tokens)
-    mems, out = None, []
-    with torch.no_grad():
-        for chunk in tokens.split(net.max_seq_len, dim=-1):
-            logits, inter = net(chunk, mems=mems, return_intermediates=True)
-            mems = next_memory(mems, inter.hiddens, mem_len)
-            out.append(logits)
-    return torch.cat(out, dim=1)
+    return teacher_forced_logits(net, tokens, mem_len=None if mem_len == net.max_mem_len else mem_len)
 
 
 def run_streams(decoder: BatchedDecoder, net, streams: list[dict]) -> dict[int, torch.Tensor]:

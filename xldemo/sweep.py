@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from x_transformers import TransformerWrapper
 
 from .errors import XLDemoError
-from .memory import next_memory
+from .teacher import teacher_forced_logits
 
 DEFAULT_MEM_LENS = (0, 32, 64, 128, 256, 512, 1024)
 
@@ -22,13 +22,8 @@ DEFAULT_MEM_LENS = (0, 32, 64, 128, 256, 512, 1024)
 def segment_bits(net: TransformerWrapper, ids: torch.Tensor, mem_len: int) -> torch.Tensor:
     """ids (n,) -> bits (n - 1,) the segmented pass spends on each of ids[1:], every segment reading a memory of
     at most mem_len hidden states per layer, built as the engine builds it (whatever net's own max_mem_len)."""
-    inputs, targets = ids[None, :-1], ids[1:]
-    mems, nats = None, []
-    for start in range(0, inputs.shape[-1], net.max_seq_len):
-        logits, inter = net(inputs[:, start:start + net.max_seq_len], mems=mems, return_intermediates=True)
-        mems = next_memory(mems, inter.hiddens, mem_len, net.shift_mem_down)
-        nats.append(F.cross_entropy(logits[0].float(), targets[start:start + logits.shape[1]], reduction="none"))
-    return torch.cat(nats) / math.log(2)
+    logits = teacher_forced_logits(net, ids[None, :-1], mem_len=mem_len)[0]  # (n - 1, v)
+    return F.cross_entropy(logits.float(), ids[1:], reduction="none") / math.log(2)
 
 
 def memory_sweep(net: TransformerWrapper, ids, mem_lens=DEFAULT_MEM_LENS) -> dict:

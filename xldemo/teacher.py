@@ -4,15 +4,23 @@ import torch
 import torch.nn.functional as F
 from x_transformers import TransformerWrapper
 
+from .memory import next_memory
+
 
 @torch.no_grad()
-def teacher_forced_logits(net: TransformerWrapper, tokens: torch.Tensor, memory: bool = True) -> torch.Tensor:
+def teacher_forced_logits(net: TransformerWrapper, tokens: torch.Tensor, memory: bool = True,
+                          mem_len: int | None = None) -> torch.Tensor:
     """tokens (b, n) -> logits (b, n, vocab). Segments of max_seq_len are cut from position 0 and run in
     order, each with the mems (at most max_mem_len per layer) that x-transformers returned for the ones
-    before; memory=False runs every segment on its own."""
+    before; memory=False runs every segment on its own. mem_len: a memory of that length instead of the model's
+    own, which x-transformers cannot cut, cut as the engine cuts it (memory.next_memory)."""
     mems, out = None, []
     for chunk in tokens.split(net.max_seq_len, dim=-1):
-        logits, new_mems = net(chunk, mems=mems, return_mems=True)
+        if mem_len is None:
+            logits, new_mems = net(chunk, mems=mems, return_mems=True)
+        else:
+            logits, inter = net(chunk, mems=mems, return_intermediates=True)
+            new_mems = next_memory(mems, inter.hiddens, mem_len, net.shift_mem_down)
         mems = new_mems if memory else None
         out.append(logits)
     return torch.cat(out, dim=1)
