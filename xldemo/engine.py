@@ -127,7 +127,7 @@ def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | 
     settings = settings or GenerationSettings()
     if settings.eos_id is None and checkpoint.tokenizer.eos_id is not None:  # the tokenizer's end-of-text token
         settings = replace(settings, eos_id=checkpoint.tokenizer.eos_id)
-    prompt = _prompt_tensor(prompt_ids, checkpoint)
+    prompt = prompt_tensor(prompt_ids, checkpoint)
     vocab = checkpoint.model.num_tokens
     if settings.eos_id is not None and settings.eos_id >= vocab:
         raise XLDemoError(f"eos_id must be below the vocabulary size {vocab}, got {settings.eos_id}")
@@ -183,7 +183,7 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
             ids[s].append(token)
             piece = "" if token == settings.eos_id else streams[s].push(token)
             texts[s] += piece
-            reasons[s] = _finish_reason(token, texts[s], len(piece), step + 1, settings)
+            reasons[s] = finish_reason(token, texts[s], len(piece), step + 1, settings)
             if reasons[s] is not None:
                 tail = streams[s].flush()
                 texts[s], piece = texts[s] + tail, piece + tail
@@ -225,7 +225,9 @@ def _feed(decoder: Decoder, net, chosen: torch.Tensor, position: int, seg_len: i
     return decoder.step(chosen)
 
 
-def _finish_reason(token: int, text: str, new_chars: int, count: int, settings: GenerationSettings) -> str | None:
+def finish_reason(token: int, text: str, new_chars: int, count: int, settings: GenerationSettings) -> str | None:
+    """Why a stream ends with this token, its count-th, whose text ends `text` with new_chars characters; None
+    while it goes on. The engine and the serving scheduler end streams by it alike."""
     if token == settings.eos_id:
         return "eos"
     # only the last few characters can complete a stop string that was not there before
@@ -236,7 +238,7 @@ def _finish_reason(token: int, text: str, new_chars: int, count: int, settings: 
     return None
 
 
-def _prompt_tensor(prompt_ids, checkpoint: Checkpoint) -> torch.Tensor:
+def prompt_tensor(prompt_ids, checkpoint: Checkpoint) -> torch.Tensor:
     """(1, n) long tensor of the prompt, checked against the vocabulary."""
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long).reshape(1, -1)
     if ids.numel() == 0:

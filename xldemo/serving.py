@@ -15,8 +15,8 @@ import torch
 
 from .batched import BatchedDecoder
 from .checkpoint import Checkpoint
-from .engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, _finish_reason,
-                     _prompt_tensor)
+from .engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, finish_reason,
+                     prompt_tensor)
 from .engine import generate as engine_generate
 from .errors import XLDemoError
 from .fast import unsupported_reason
@@ -128,7 +128,7 @@ class Scheduler:
         checkpoint = self.checkpoint
         if settings.eos_id is None and checkpoint.tokenizer.eos_id is not None:  # as engine.generate defaults it
             settings = replace(settings, eos_id=checkpoint.tokenizer.eos_id)
-        prompt = _prompt_tensor(prompt_ids, checkpoint)
+        prompt = prompt_tensor(prompt_ids, checkpoint)
         if settings.eos_id is not None and settings.eos_id >= checkpoint.model.num_tokens:
             raise XLDemoError(f"eos_id must be below the vocabulary size {checkpoint.model.num_tokens}, "
                               f"got {settings.eos_id}")
@@ -267,7 +267,7 @@ class Scheduler:
         request.ids.append(token)
         piece = "" if token == settings.eos_id else request.stream.push(token)
         request.text += piece
-        reason = _finish_reason(token, request.text, len(piece), len(request.ids), settings)
+        reason = finish_reason(token, request.text, len(piece), len(request.ids), settings)
         if reason is not None:
             tail = request.stream.flush()
             request.text, piece = request.text + tail, piece + tail
