@@ -222,3 +222,16 @@ def test_every_option_of_every_subcommand_says_what_it_is():
     assert {f.name for f in dataclasses.fields(GenerationSettings)} <= offered
     decoder = next(a for a in commands["generate"]._actions if a.dest == "decoder")
     assert list(decoder.choices) == ["auto", *DECODERS]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt-file", "{file}", "--bytes", "4096"], "--bytes: not for --prompt-file's memory sweep"),
+    (["--prompt-file", "{file}", "--out", "{tmp}/x"], "--out: not for --prompt-file's memory sweep"),
+    (["--json"], "--json goes with --prompt-file"),
+])
+def test_eval_refuses_options_that_its_mode_would_not_read(tmp_path, capsys, args, message):
+    (tmp_path / "p.txt").write_text("ALONSO.\\nGood boatswain, have care.\\n" * 4)
+    args = [a.format(file=tmp_path / "p.txt", tmp=tmp_path) for a in args]
+    assert main(["eval", "--checkpoint", str(tmp_path / "unused"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

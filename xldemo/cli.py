@@ -1,6 +1,7 @@
 """The command line: python -m xldemo {generate,train,eval,bench,import}."""
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -80,9 +81,18 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import EvalSettings, run_eval
 
+    settings = from_options(EvalSettings, args)
     if args.prompt_file is not None:
+        # the sweep reads the checkpoint and the memory lengths alone: any other option given would pass unheard
+        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(EvalSettings)
+                 if f.name not in ("checkpoint", "mem_lens") and getattr(settings, f.name) != f.default]
+        if given:
+            raise XLDemoError(f"{', '.join(given)}: not for --prompt-file's memory sweep, which reads only "
+                              "--checkpoint and --mem-lens")
         return cmd_sweep(args)
-    print(run_eval(from_options(EvalSettings, args)), end="")
+    if args.json:
+        raise XLDemoError("--json goes with --prompt-file: the test-set evaluation writes eval.json to --out")
+    print(run_eval(settings), end="")
     print(f"wrote eval.json, eval.md and eval.png to {args.out}")
 
 
