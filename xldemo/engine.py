@@ -124,25 +124,52 @@ class Finished:
 def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | None = None,
              keep_logits: bool = False) -> Iterator[Started | SegmentStarted | WarmupProgress | Token | Finished]:
     """Yields events as they happen. Closing the generator stops the computation."""
-    settings = settings or GenerationSettings()
-    if settings.eos_id is None and checkpoint.tokenizer.eos_id is not None:  # the tokenizer's end-of-text token
-        settings = replace(settings, eos_id=checkpoint.tokenizer.eos_id)
-    prompt = prompt_tensor(prompt_ids, checkpoint)
-    vocab = checkpoint.model.num_tokens
-    if settings.eos_id is not None and settings.eos_id >= vocab:
-        raise XLDemoError(f"eos_id must be below the vocabulary size {vocab}, got {settings.eos_id}")
+    prompt, settings = resolve(checkpoint, prompt_ids, settings or GenerationSettings())
     return _run(checkpoint, prompt, settings, keep_logits)
+
+
+def resolve(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings
+            ) -> tuple[torch.Tensor, GenerationSettings]:
+    """The prompt as a (1, n) tensor checked against the vocabulary, and settings with the defaults that depend on
+    the checkpoint or on chance filled in: the tokenizer's end-of-text token as EOS, the model's memory length, a
+    drawn seed. Whatever decodes a run (this engine, the serving scheduler) starts from these."""
+    prompt, vocab = _prompt_tensor(prompt_ids, checkpoint), checkpoint.model.num_tokens
+    eos_id = checkpoint.tokenizer.eos_id if settings.eos_id is None else settings.eos_id
+    if eos_id is not None and eos_id >= vocab:
+        raise XLDemoError(f"eos_id must be below the vocabulary size {vocab}, got {eos_id}")
+    return prompt, replace(settings, eos_id=eos_id,
+                           mem_len=checkpoint.max_mem_len if settings.mem_len is None else settings.mem_len,
+                           seed=random.SystemRandom().randrange(2**63) if settings.seed is None else settings.seed)
+
+
+class SampleText:
+    """One sample's tokens and text as they come: what each token adds to the text, and why the sample ends."""
+
+    def __init__(self, tokenizer, settings: GenerationSettings):
+        self.stream, self.settings = tokenizer.stream_decoder(), settings
+        self.ids: list[int] = []
+        self.text, self.reason = "", None
+
+    def add(self, token: int) -> str:
+        """The text token completes; a token that ends the sample (see reason) brings what an unfinished character
+        leaves behind with it."""
+        self.ids.append(token)
+        piece = "" if token == self.settings.eos_id else self.stream.push(token)
+        self.text += piece
+        self.reason = _finish_reason(token, self.text, len(piece), len(self.ids), self.settings)
+        if self.reason is not None:
+            tail = self.stream.flush()
+            self.text, piece = self.text + tail, piece + tail
+        return piece
 
 
 @torch.inference_mode()
 def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool):
-    net, seg_len = checkpoint.model, checkpoint.max_seq_len
-    mem_len = checkpoint.max_mem_len if settings.mem_len is None else settings.mem_len
-    seed = random.SystemRandom().randrange(2**63) if settings.seed is None else settings.seed
-    generator = torch.Generator().manual_seed(seed)
+    net, seg_len, mem_len = checkpoint.model, checkpoint.max_seq_len, settings.mem_len
+    generator = torch.Generator().manual_seed(settings.seed)
     decoder = make_decoder(net, settings.decoder, attention=settings.details)
     batch, length = settings.num_samples, prompt.shape[-1]
-    yield Started(decoder.name, length, seg_len, mem_len, seed)
+    yield Started(decoder.name, length, seg_len, mem_len, settings.seed)
     started = time.perf_counter()  # after the yield: a consumer's own work on Started is not ours to time
 
     # warm up: every prompt segment before the one holding the prompt's last token, one forward each
@@ -161,12 +188,10 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
 
     seen = torch.zeros(batch, net.num_tokens, dtype=torch.bool)
     seen[:, prompt[0]] = True
-    streams = [checkpoint.tokenizer.stream_decoder() for _ in range(batch)]
-    texts, ids = [""] * batch, [[] for _ in range(batch)]
-    reasons: list[str | None] = [None] * batch
+    samples = [SampleText(checkpoint.tokenizer, settings) for _ in range(batch)]
     first_token_at = last_token_at = None
     position = length
-    for step in range(settings.max_new_tokens):
+    for _ in range(settings.max_new_tokens):
         chosen = choose_tokens(logits, seen, settings, generator)
         log_probs = logits.float().log_softmax(dim=-1)  # (b, v)
         logprobs = log_probs.gather(-1, chosen[:, None]).squeeze(-1)
@@ -176,33 +201,30 @@ def _run(checkpoint: Checkpoint, prompt: torch.Tensor, settings: GenerationSetti
         seen[torch.arange(batch), chosen] = True
         if position % seg_len == 0:
             yield SegmentStarted(position // seg_len, position, "generated")
-        for s in range(batch):
-            if reasons[s] is not None:
+        for s, sample in enumerate(samples):
+            if sample.reason is not None:
                 continue
             token = int(chosen[s])
-            ids[s].append(token)
-            piece = "" if token == settings.eos_id else streams[s].push(token)
-            texts[s] += piece
-            reasons[s] = finish_reason(token, texts[s], len(piece), step + 1, settings)
-            if reasons[s] is not None:
-                tail = streams[s].flush()
-                texts[s], piece = texts[s] + tail, piece + tail
+            piece = sample.add(token)
             yield Token(token, piece, float(logprobs[s]), position, position // seg_len, s,
                         logits[s].clone() if keep_logits else None, details[s])
         last_token_at = time.perf_counter()
         first_token_at = first_token_at or last_token_at
-        if all(r is not None for r in reasons):
+        if all(sample.reason is not None for sample in samples):
             break
         logits = _feed(decoder, net, chosen, position, seg_len, mem_len)
         position += 1
 
-    decoded = len(ids[0]) - 1
-    memory = decoder.memory_tokens()
-    yield Finished(tuple(reasons), tuple(map(tuple, ids)), tuple(texts), warmup_s,
-                   first_token_at - started,
-                   decoded / (last_token_at - first_token_at) if decoded > 0 and last_token_at > first_token_at
-                   else math.nan,
-                   position // seg_len + 1, memory)
+    yield Finished(tuple(s.reason for s in samples), tuple(tuple(s.ids) for s in samples),
+                   tuple(s.text for s in samples), warmup_s, first_token_at - started,
+                   decode_rate(len(samples[0].ids), first_token_at, last_token_at), position // seg_len + 1,
+                   decoder.memory_tokens())
+
+
+def decode_rate(tokens: int, first_token_at: float, last_token_at: float) -> float:
+    """Tokens per second after the first, which waits on the warm-up; NaN where that cannot be measured."""
+    decoded, elapsed = tokens - 1, last_token_at - first_token_at
+    return decoded / elapsed if decoded > 0 and elapsed > 0 else math.nan
 
 
 def segment_table(prompt_len: int, total_len: int, seg_len: int) -> list[dict]:
@@ -225,9 +247,9 @@ def _feed(decoder: Decoder, net, chosen: torch.Tensor, position: int, seg_len: i
     return decoder.step(chosen)
 
 
-def finish_reason(token: int, text: str, new_chars: int, count: int, settings: GenerationSettings) -> str | None:
-    """Why a stream ends with this token, its count-th, whose text ends `text` with new_chars characters; None
-    while it goes on. The engine and the serving scheduler end streams by it alike."""
+def _finish_reason(token: int, text: str, new_chars: int, count: int, settings: GenerationSettings) -> str | None:
+    """Why a sample ends with this token, its count-th, whose text ends `text` with new_chars characters; None
+    while it goes on."""
     if token == settings.eos_id:
         return "eos"
     # only the last few characters can complete a stop string that was not there before
@@ -238,7 +260,7 @@ def finish_reason(token: int, text: str, new_chars: int, count: int, settings: G
     return None
 
 
-def prompt_tensor(prompt_ids, checkpoint: Checkpoint) -> torch.Tensor:
+def _prompt_tensor(prompt_ids, checkpoint: Checkpoint) -> torch.Tensor:
     """(1, n) long tensor of the prompt, checked against the vocabulary."""
     ids = torch.as_tensor(list(prompt_ids), dtype=torch.long).reshape(1, -1)
     if ids.numel() == 0:

@@ -2,23 +2,19 @@
 leave between steps; each stream reads as a generator of the engine's own events."""
 
 import hashlib
-import math
 import queue
-import random
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import replace
 
 import torch
 
 from .batched import BatchedDecoder
 from .checkpoint import Checkpoint
-from .engine import (Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, finish_reason,
-                     prompt_tensor)
+from .engine import (Finished, GenerationSettings, SampleText, SegmentStarted, Started, Token, WarmupProgress,
+                     decode_rate, resolve)
 from .engine import generate as engine_generate
-from .errors import XLDemoError
 from .fast import unsupported_reason
 from .memory import warm_up_memory
 from .sampling import choose_tokens_apart
@@ -75,9 +71,9 @@ def scheduler_for(checkpoint: Checkpoint) -> "Scheduler":
 class _Request:
     """One stream: its settings and sampling state, where it is in its warm-up, and the queue its events go to."""
 
-    def __init__(self, prompt: torch.Tensor, settings: GenerationSettings, seed: int, mem_len: int, keep_logits: bool,
-                 checkpoint: Checkpoint):
-        seg_len = checkpoint.max_seq_len
+    def __init__(self, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool, checkpoint: Checkpoint):
+        """settings as engine.resolve fills them in."""
+        seg_len, mem_len = checkpoint.max_seq_len, settings.mem_len
         self.prompt, self.settings, self.mem_len, self.keep_logits = prompt, settings, mem_len, keep_logits
         self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
         complete = prompt[0, :self.current * seg_len].numpy().tobytes()
@@ -86,11 +82,11 @@ class _Request:
         self.pending, self.sent_at = [], 0.0
         self.cancelled, self.released = False, threading.Event()
         self.warm_up, self.mems, self.warmed = None, None, 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(settings.seed)
         self.seen = torch.zeros(1, checkpoint.model.num_tokens, dtype=torch.bool)
         self.seen[:, prompt[0]] = True
-        self.stream = checkpoint.tokenizer.stream_decoder()
-        self.text, self.ids, self.position, self.chosen = "", [], prompt.shape[-1], None
+        self.sample = SampleText(checkpoint.tokenizer, settings)
+        self.position, self.chosen = prompt.shape[-1], None
         self.started = self.warmup_s = self.first_token_at = self.last_token_at = None
 
     @property
@@ -102,7 +98,7 @@ class _Request:
 
     def send(self, now: float, force: bool = False) -> None:
         """Hands the events told so far to the reader, if it is time (see SEND_EVERY_S)."""
-        if self.pending and (force or len(self.ids) <= 1 or now - self.sent_at >= SEND_EVERY_S):
+        if self.pending and (force or len(self.sample.ids) <= 1 or now - self.sent_at >= SEND_EVERY_S):
             self.events.put(self.pending)
             self.pending, self.sent_at = [], now
 
@@ -125,24 +121,17 @@ class Scheduler:
 
     def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
         """engine.generate for one stream of this scheduler's checkpoint (settings the batch supports)."""
-        checkpoint = self.checkpoint
-        if settings.eos_id is None and checkpoint.tokenizer.eos_id is not None:  # as engine.generate defaults it
-            settings = replace(settings, eos_id=checkpoint.tokenizer.eos_id)
-        prompt = prompt_tensor(prompt_ids, checkpoint)
-        if settings.eos_id is not None and settings.eos_id >= checkpoint.model.num_tokens:
-            raise XLDemoError(f"eos_id must be below the vocabulary size {checkpoint.model.num_tokens}, "
-                              f"got {settings.eos_id}")
-        mem_len = checkpoint.max_mem_len if settings.mem_len is None else settings.mem_len
-        seed = random.SystemRandom().randrange(2**63) if settings.seed is None else settings.seed
-        return self._stream(_Request(prompt, settings, seed, mem_len, keep_logits, checkpoint), seed)
+        prompt, settings = resolve(self.checkpoint, prompt_ids, settings)
+        return self._stream(_Request(prompt, settings, keep_logits, self.checkpoint))
 
     def live(self) -> tuple[int, int]:
         """(streams in the batch, streams waiting or warming up)."""
         with self.lock:
             return len(self.rows), len(self.waiting)
 
-    def _stream(self, request: _Request, seed: int):
-        yield Started(self.decoder.name, request.prompt.shape[-1], self.checkpoint.max_seq_len, request.mem_len, seed)
+    def _stream(self, request: _Request):
+        yield Started(self.decoder.name, request.prompt.shape[-1], self.checkpoint.max_seq_len, request.mem_len,
+                      request.settings.seed)
         request.started = time.perf_counter()  # after the yield, as the engine's clock
         with self.lock:
             self.waiting.append(request)
@@ -259,29 +248,22 @@ class Scheduler:
     def _tell(self, row: int, token: int, logprob: float, logits: torch.Tensor) -> None:
         """Tells row's stream of its token, chosen from logits (v,), as the engine's loop does; a finished stream
         leaves the batch."""
-        request, seg_len, settings = self.rows[row], self.checkpoint.max_seq_len, self.rows[row].settings
+        request, seg_len, sample = self.rows[row], self.checkpoint.max_seq_len, self.rows[row].sample
         request.seen[0, token] = True
         position = request.position
         if position % seg_len == 0:
             request.tell(SegmentStarted(position // seg_len, position, "generated"))
-        request.ids.append(token)
-        piece = "" if token == settings.eos_id else request.stream.push(token)
-        request.text += piece
-        reason = finish_reason(token, request.text, len(piece), len(request.ids), settings)
-        if reason is not None:
-            tail = request.stream.flush()
-            request.text, piece = request.text + tail, piece + tail
+        piece = sample.add(token)
         request.tell(Token(token, piece, logprob, position, position // seg_len, 0,
                            logits.clone() if request.keep_logits else None))
         request.last_token_at = time.perf_counter()
         request.first_token_at = request.first_token_at or request.last_token_at
-        if reason is None:
+        if sample.reason is None:
             request.chosen, request.position = token, position + 1
             return
-        decoded, elapsed = len(request.ids) - 1, request.last_token_at - request.first_token_at
-        request.tell(Finished((reason,), (tuple(request.ids),), (request.text,), request.warmup_s,
+        request.tell(Finished((sample.reason,), (tuple(sample.ids),), (sample.text,), request.warmup_s,
                               request.first_token_at - request.started,
-                              decoded / elapsed if decoded > 0 and elapsed > 0 else math.nan,
+                              decode_rate(len(sample.ids), request.first_token_at, request.last_token_at),
                               position // seg_len + 1, self.decoder.memory_tokens(row)))
         request.send(request.last_token_at, force=True)
         with self.lock:
