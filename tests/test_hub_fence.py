@@ -105,6 +105,15 @@ def test_a_hub_repos_errors_name_the_repo_not_the_servers_cache(hub):
     assert "'someone/not-there'" in str(error.value) and str(hub["cache"]) not in str(error.value)
 
 
+def test_a_hub_config_that_is_no_json_is_told_by_the_repos_name(hub):
+    hub_config(hub, "someone/garbled", {})
+    next(hub["cache"].glob("models--someone--garbled/snapshots/*/config.json")).write_text("{oops")
+    with pytest.raises(XLDemoError) as error:
+        sources.cached_checkpoint("someone/garbled")
+    assert "checkpoint 'someone/garbled': config.json: not valid JSON" in str(error.value)
+    assert str(hub["cache"]) not in str(error.value) and hub["asked"] == []  # refused before the file listing
+
+
 def test_the_parameter_count_is_the_built_models():
     config = build_model_config()
     assert parameter_count(config) == sum(p.numel() for p in build_model(config).parameters())

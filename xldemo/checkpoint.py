@@ -77,13 +77,14 @@ def check_hub_size(repo_id: str, max_parameters: int, max_bytes: int, revision: 
     from huggingface_hub import HfApi, hf_hub_download
 
     try:
-        config = json.loads(Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision, cache_dir=cache_dir))
-                            .read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise XLDemoError(f"checkpoint {repo_id!r}: its {CONFIG_FILE} is not valid JSON") from None
+        path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision, cache_dir=cache_dir)
     except Exception as e:  # offline, unknown repo or revision, network: all mean "cannot have it"
         raise XLDemoError(f"checkpoint {repo_id!r}: the Hugging Face Hub cannot provide its {CONFIG_FILE} "
                           f"({type(e).__name__})") from None
+    try:
+        config = read_config(path)
+    except XLDemoError as e:  # named by the repo, not by where the server's cache keeps it
+        raise XLDemoError(str(e).replace(str(path), f"checkpoint {repo_id!r}: {CONFIG_FILE}")) from None
     count = parameter_count(config)
     if count > max_parameters:
         raise XLDemoError(f"checkpoint {repo_id!r} has {count / 1e6:,.1f}M parameters; this server loads models of "
