@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..checkpoint import Checkpoint
-from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, segment_table
 from ..details import token_record
-from ..tokenizer import BYTES
+from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, segment_table
 from ..serving import generate
+from ..tokenizer import BYTES
 from . import render
 from .memory_html import DetailedText
 
@@ -46,7 +46,7 @@ class Run:
         self.started: Started | None = None
         self.finished: Finished | None = None
         self.warmup = (0, 0)
-        self.tokens, self.first_token_at = 0, None
+        self.first_token_at = None
         self.new_segment = False  # a generated segment opened since the last update
 
     def step(self) -> Started | WarmupProgress | Token | Finished | None:
@@ -55,7 +55,6 @@ class Run:
             if isinstance(event, Token):
                 if self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
-                self.tokens += 1
                 self.view.add_token(event)
                 self.token_ids.append(event.id)
                 self.logprobs.append(event.logprob)
@@ -76,6 +75,11 @@ class Run:
                 self.finished = event
             return event
         return None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens generated so far."""
+        return len(self.token_ids)
 
     def due_now(self, event) -> bool:
         """Whether an update should go out whatever the throttle says: the prompt at the start, the first
