@@ -4,7 +4,6 @@ and the Hub's file metadata before any weights come, with messages that name the
 import json
 import re
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import huggingface_hub
@@ -12,6 +11,7 @@ import pytest
 from huggingface_hub import HfApi, constants
 
 from test_checkpoint import fake_hub_cache
+from xldemo.bench import peak_rss, reset_peak_rss
 from xldemo.checkpoint import build_model, parameter_count
 from xldemo.errors import XLDemoError
 from xldemo.web import sources
@@ -69,11 +69,11 @@ def test_an_allowed_repo_within_the_limits_loads_after_its_size_is_read(hub):
 def test_a_huge_config_is_refused_at_once_without_building_it(hub, monkeypatch):
     hub_config(hub, "someone/huge-xl", HUGE)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("fetched the weights"))
-    before = _reset_peak_rss()
+    before = reset_peak_rss()
     began = time.perf_counter()
     with pytest.raises(XLDemoError) as error:
         sources.cached_checkpoint("someone/huge-xl")
-    seconds, grown = time.perf_counter() - began, _peak_rss() - before
+    seconds, grown = time.perf_counter() - began, peak_rss() - before
     message = str(error.value)
     assert re.search(r"'someone/huge-xl' has 1,\d{3}\.\dM parameters; this server loads models of at most 100\.0M",
                      message)
@@ -123,16 +123,3 @@ def test_the_parameter_count_is_the_built_models():
 def build_model_config() -> dict:
     return {"num_tokens": 256, "max_seq_len": 8, "max_mem_len": 8,
             "attn_layers": {"dim": 32, "depth": 2, "heads": 2, "rotary_pos_emb": True}}
-
-
-def _reset_peak_rss() -> int:
-    Path("/proc/self/clear_refs").write_text("5")  # makes the resident size now the peak
-    return _status_bytes("VmRSS")
-
-
-def _peak_rss() -> int:
-    return _status_bytes("VmHWM")
-
-
-def _status_bytes(key: str) -> int:
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024

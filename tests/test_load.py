@@ -3,10 +3,8 @@ some cancelling mid-stream, some sending bad inputs; good requests get their sol
 nothing hangs, and the server's memory and batch rows return to where they were."""
 
 import gc
-import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -15,6 +13,7 @@ from gradio_client.exceptions import AppError
 from conftest import generated_text
 from test_app import PROMPT, engine_text
 from xldemo import serving
+from xldemo.bench import resident_bytes
 from xldemo.web import sources
 
 CLIENTS = 16
@@ -65,7 +64,7 @@ def visit(url: str, role: str, prompt: str, inputs: dict, results: dict, i: int)
 
 def rss() -> int:
     gc.collect()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+    return resident_bytes()
 
 
 def test_sixteen_clients_good_cancelling_and_bad_all_get_their_answer(busy_app_url, app_folder):

@@ -216,12 +216,12 @@ def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int) -> tu
                                                                                temperature=1.0, seed=i))
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
-    before = _reset_peak_rss()
+    before = reset_peak_rss()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return [f.decode_tokens_per_s for f in finished], (_peak_rss() - before) / 2**20
+    return [f.decode_tokens_per_s for f in finished], (peak_rss() - before) / 2**20
 
 
 def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[float, float]:
@@ -285,22 +285,27 @@ def peak_rss_growth(side: str, folder: str, prompt_bytes: int, new_tokens: int, 
         torch.set_num_threads(threads)
     checkpoint = load_checkpoint(folder)
     prompt = _prompt(prompt_bytes, seed)
-    before = _reset_peak_rss()
+    before = reset_peak_rss()
     if side == "reference":
         _reference_seconds(_reference(checkpoint.model), prompt, new_tokens)
     else:
         _xldemo_seconds(checkpoint, prompt, new_tokens, decoder)
-    return (_peak_rss() - before) / 2**20
+    return (peak_rss() - before) / 2**20
 
 
-def _reset_peak_rss() -> int:
+def reset_peak_rss() -> int:
     """The resident bytes now, after making them the peak (Linux: VmHWM is reset through clear_refs)."""
     Path("/proc/self/clear_refs").write_text("5")
-    return _status_bytes("VmRSS")
+    return resident_bytes()
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
+    """The most bytes this process has held resident since the last reset_peak_rss."""
     return _status_bytes("VmHWM")
+
+
+def resident_bytes() -> int:
+    return _status_bytes("VmRSS")
 
 
 def _status_bytes(key: str) -> int:
