@@ -16,9 +16,11 @@ from x_transformers import Decoder, TransformerWrapper
 from conftest import tiny_config
 from xldemo import XLDemoError, build_model, load_checkpoint, save_checkpoint
 from xldemo.checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT, WEIGHTS_FILE
-from xldemo.data import DEFAULT_CACHE, SEPARATOR, load_split, prepare, training_text
+from xldemo.data import DEFAULT_CACHE, SEPARATOR, load_split, prepare, train_plays, training_text
+from xldemo.rename import generic_words, name_words
+from xldemo.speakers import speaker_names
 from xldemo.teacher import bits_per_token
-from xldemo.train import MODEL_CONFIGS, TrainSettings, learning_rate, train
+from xldemo.train import MODEL_CONFIGS, TrainSettings, learning_rate, train, training_corpus
 
 TINY = tiny_config(seq_len=32, mem_len=32)
 
@@ -118,6 +120,18 @@ def test_folio_adds_the_training_plays_folio_editions_after_the_modern_ones():
     assert training_text(folder) == load_split(folder, "train")
     assert training_text(folder, folio=True) == load_split(folder, "train") + SEPARATOR + load_split(folder,
                                                                                                      "train_folio")
+
+
+def test_renamed_copies_follow_the_training_text_and_speak_with_made_up_names_only(tmp_path):
+    folder = prepare(DEFAULT_CACHE)
+    assert training_corpus(settings(tmp_path), folder) == training_text(folder)
+    corpus = training_corpus(settings(tmp_path, renamed_copies=1), folder)
+    assert corpus.startswith(training_text(folder) + SEPARATOR)
+    copies = corpus[len(training_text(folder) + SEPARATOR):].decode("latin-1")
+    plays = train_plays(DEFAULT_CACHE)
+    real = set().union(*map(name_words, plays.values())) - generic_words(plays)
+    names = speaker_names(copies)
+    assert len(names) > 10_000 and not {w for name in names for w in name.split()} & real
 
 
 def test_the_memory_config_is_the_shipped_shape_with_a_memory_of_two_segments():

@@ -14,9 +14,10 @@ from tqdm import tqdm
 from x_transformers import XLAutoregressiveWrapper
 
 from .checkpoint import Checkpoint, build_model, load_checkpoint, read_config, save_checkpoint
-from .data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, train_plays, training_text
+from .data import DEFAULT_CACHE, MODERN, SEPARATOR, VALIDATION_PLAY, load_split, prepare, train_plays, training_text
 from .errors import XLDemoError
 from .options import setting
+from .rename import renamed_copies
 from .speakers import SpeakerSettings, speaker_measure, speaking_plays
 from .teacher import bits_per_token
 from .tokenizer import ByteTokenizer
@@ -35,6 +36,9 @@ class TrainSettings:
                              metavar="CHECKPOINT")
     folio: bool = setting(False, "also train on the folio editions of the training plays (the validation and test "
                                  "plays' stay out)")
+    renamed_copies: int = setting(0, "also train on this many copies of the training plays (modern editions) with "
+                                     "their characters renamed, made-up names drawn afresh for each copy, so that a "
+                                     "speaker's name must be read from context rather than recalled", metavar="N")
     steps: int = setting(1200, "optimizer steps in all, counting those of a resumed run")
     batch_size: int = setting(8, "samples per step (per process under torchrun)")
     segments: int = setting(4, "segments per sample, so that memory is learned across boundaries")
@@ -55,6 +59,15 @@ class TrainSettings:
     bf16: str = setting("auto", "bf16 autocast: auto (GPUs and AMX CPUs), on or off", choices=("auto", "on", "off"))
     storage_dtype: str = setting("float32", "dtype of the saved checkpoint",
                                  choices=("float32", "float16", "bfloat16"))
+
+
+def training_corpus(s: TrainSettings, folder: Path) -> bytes:
+    """What training crops its samples from: the training plays (folio editions too with s.folio), then
+    s.renamed_copies copies of their modern editions with made-up names."""
+    text = training_text(folder, s.folio)
+    if not s.renamed_copies:
+        return text
+    return SEPARATOR.join([text, *renamed_copies(train_plays(Path(s.data)), s.renamed_copies, s.seed)])
 
 
 def cpu_has_amx() -> bool:
@@ -134,7 +147,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     step, log = load_state(out, model, optimizer, device)
     folder = prepare(Path(s.data))
-    train_data = torch.frombuffer(bytearray(training_text(folder, s.folio)), dtype=torch.uint8)
+    train_data = torch.frombuffer(bytearray(training_corpus(s, folder)), dtype=torch.uint8)
     val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
     trained = speaking_plays(train_plays(Path(s.data))) if s.speaker_prompts else None
     length = s.segments * config["max_seq_len"] + 1
