@@ -90,8 +90,8 @@ def test_defaults_apply_to_every_input_but_the_prompt(app_client, app_folder):
     (PROMPT, {"mem_len": APP_CONFIG["max_mem_len"] + 1}, "greater than maximum value 32"),
     # GenerationSettings, the one validator of what the ranges let through
     (PROMPT, {"top_k": 2.5}, "top_k must be an integer >= 0, got 2.5"),
-    (PROMPT, {"seed": 2.5}, "seed must be an integer"),
     # the app's own limits
+    (PROMPT, {"seed": 2.5}, "The seed must be a whole number from -1 (draw one) to 9007199254740991, got 2.5."),
     (PROMPT, {"stop": "\n".join("abcdefghij")}, "stop strings"),
     (PROMPT, {"stop": "x" * 65}, "at most 64 characters"),
     (PROMPT, {"checkpoint": "/etc"}, "Unknown checkpoint"),

@@ -86,6 +86,8 @@ def settings_from_inputs(inputs: dict) -> GenerationSettings:
     """The inputs after the prompt and checkpoint (gradio has range-checked the numbers) as GenerationSettings;
     a seed of -1 is drawn here, small enough to show and to type back."""
     seed = _whole(inputs["seed"])
+    if not isinstance(seed, int):  # the engine's own message would name its range, not this field's
+        raise XLDemoError(f"The seed must be a whole number from -1 (draw one) to {MAX_SEED}, got {seed!r}.")
     if seed == -1:
         seed = random.SystemRandom().randrange(DRAWN_SEEDS)
     return GenerationSettings(**{name: _whole(inputs[name]) for name in SAMPLING}, seed=seed,
