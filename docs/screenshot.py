@@ -58,11 +58,7 @@ def generate(page, args) -> list[Path]:
 
 
 def memory(page, args) -> list[Path]:
-    tab = page.get_by_role("tab", name="Inside memory")
-    if not tab.count():  # a narrow page folds the later tabs into a menu
-        page.get_by_role("button", name="More tabs").click()
-        tab = page.locator(".overflow-dropdown button", has_text="Inside memory")
-    tab.click()
+    page.get_by_role("tab", name="Inside memory").click()
     page.locator("#inspect").click()
     expect(page.locator("#inspect-stats")).to_contain_text("reached", timeout=300_000)
     page.get_by_label("attention on memory").check()

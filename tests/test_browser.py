@@ -42,15 +42,6 @@ def open_page(browser, url, width, height, hosts):
     return page
 
 
-def open_tab(page, name: str) -> None:
-    """Clicks the tab, from the "More tabs" menu where a narrow page has folded it there."""
-    tab = page.get_by_role("tab", name=name)
-    if not tab.count():
-        page.get_by_role("button", name="More tabs").click()
-        tab = page.locator(".overflow-dropdown button", has_text=name)
-    tab.click()
-
-
 def labels_count(page, selector: str) -> int:
     return page.locator(f"{selector} .xl-label").count()
 
@@ -126,6 +117,9 @@ def test_the_page_fits_a_phone(browser, app_url, tmp_path):
     top = {name: page.locator(selector).first.bounding_box()["y"]
            for name, selector in (("prompt", "#prompt"), ("generate", "#generate"), ("settings", ".xl-settings"))}
     assert top["prompt"] < top["generate"] < top["settings"], top  # Generate before the settings, not below them
+    for name in ("Generate", "Memory on/off", "Surprisal", "Inside memory"):  # the tabs wrap, none in a menu
+        expect(page.get_by_role("tab", name=name)).to_be_visible()
+        assert page.get_by_role("tab", name=name).bounding_box()["x"] >= 0
     text = tmp_path / "scene.txt"
     text.write_text("MIRANDA.\nIf by your art, my dearest father, you have\n", encoding="utf-8")
     page.locator("input[type=file]").set_input_files(str(text))  # the Load a .txt file button
@@ -147,7 +141,7 @@ def test_hovering_a_generated_token_shows_its_alternatives_and_what_it_read(brow
     requests = []
     page = open_page(browser, app_url, width, height, requests)
     page.locator("#prompt textarea").fill("ALONSO, King of Naples\nSEBASTIAN, his Brother\n" * 3)  # 138 bytes
-    open_tab(page, "Inside memory")
+    page.get_by_role("tab", name="Inside memory").click()
     page.locator("#inspect").click()
     expect(page.locator("#inspect-stats")).to_contain_text("reached", timeout=60_000)
     tokens = page.locator("#inspect-view .xl-t")

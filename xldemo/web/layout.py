@@ -75,7 +75,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
                                                       "hidden states kept per layer, in tokens; 0 turns memory off"))
                     info = _html(render.message_line("loading the checkpoint…"))
             with gr.Column(scale=7, min_width=340, elem_id="xl-output"):
-                with gr.Tabs():
+                with gr.Tabs(overflow_behavior="wrap"):  # a phone shows every tab, not one and a menu
                     with gr.Tab("Generate", id="generate"):
                         run_button, run_stop, stats = _controls(
                             "Generate", "generate", "stop", "stats",
