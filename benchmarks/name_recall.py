@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.plays import add_options, chosen_plays
 from xldemo.checkpoint import load_checkpoint
-from xldemo.data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, test_texts, train_plays
+from xldemo.data import MODERN, train_plays
 from xldemo.rename import generic_words, rename
 from xldemo.speakers import speaker_lines
 from xldemo.teacher import bits_per_token
@@ -40,19 +41,10 @@ def name_bits(net, text: bytes) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint folders or Hub repo ids")
-    parser.add_argument("--split", choices=("test", "validation"), default="test",
-                        help="the test plays (what is reported) or the validation play (what a model is chosen by)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--data", default=str(DEFAULT_CACHE), help="data cache folder")
+    add_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    folder = prepare(Path(args.data))
-    if args.split == "test":
-        plays = {name: text for name, text in test_texts(folder).items() if name.endswith(MODERN)}
-    else:
-        plays = {VALIDATION_PLAY + MODERN: load_split(folder, "validation")}
+    plays = chosen_plays(args)
     keep = generic_words(train_plays(Path(args.data)))  # roles (SERVANT, LORD) keep their names, as in training
     texts = {(play, version): text[:SCORED_BYTES] for play, original in plays.items()
              for version, text in (("as written", original),

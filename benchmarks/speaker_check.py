@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.plays import add_options, chosen_plays
 from xldemo.checkpoint import load_checkpoint
-from xldemo.data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, test_texts, train_plays
+from xldemo.data import train_plays
 from xldemo.examples import EXAMPLES, PROMPTS
 from xldemo.speakers import SpeakerSettings, speaker_measure, speaker_table, speaking_plays
 
@@ -39,20 +40,11 @@ def progress(line: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("checkpoint", help="checkpoint folder or Hub repo id")
-    parser.add_argument("--split", choices=("test", "validation"), default="test",
-                        help="the test plays (what is reported) or the validation play (what a model is chosen by)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    parser.add_argument("--data", default=str(DEFAULT_CACHE), help="data cache folder")
+    add_options(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     began = time.perf_counter()
+    plays = chosen_plays(args)
     checkpoint = load_checkpoint(args.checkpoint)
-    folder = prepare(Path(args.data))
-    if args.split == "test":
-        plays = {name: text for name, text in test_texts(folder).items() if name.endswith(MODERN)}
-    else:
-        plays = {VALIDATION_PLAY + MODERN: load_split(folder, "validation")}
     trained = speaking_plays(train_plays(Path(args.data)))
     print(f"{args.checkpoint}: prompts of this check's own\n")
     print(speaker_table(speaker_measure(checkpoint, plays, trained, OWN, log=progress)))
