@@ -10,7 +10,7 @@ import random
 import re
 from collections import Counter
 
-from .speakers import GENERIC_MIN_PLAYS, cast
+from .speakers import GENERIC_MIN_PLAYS, cast, generic_names
 
 # made-up names are drawn from these syllables: pronounceable, capitalised like the plays' own names
 ONSETS = ("b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "br", "cl", "fl", "gr", "st", "tr")
@@ -34,8 +34,7 @@ def name_words(play: bytes) -> frozenset[str]:
 
 def generic_words(plays: dict[str, bytes], min_plays: int = GENERIC_MIN_PLAYS) -> frozenset[str]:
     """Words of speaker names found in min_plays or more plays: roles and titles (SERVANT, LORD, KING), kept."""
-    counts = Counter(word for text in plays.values() for word in name_words(text))
-    return frozenset(word for word, n in counts.items() if n >= min_plays)
+    return generic_names(Counter(word for text in plays.values() for word in name_words(text)), min_plays)
 
 
 def rename(play: bytes, keep: frozenset[str], rng: random.Random) -> bytes:
