@@ -304,12 +304,12 @@ def peak_rss() -> int:
     return _status_bytes("VmHWM")
 
 
-def resident_bytes() -> int:
-    return _status_bytes("VmRSS")
+def resident_bytes(pid: int | str = "self") -> int:
+    return _status_bytes("VmRSS", pid)
 
 
-def _status_bytes(key: str) -> int:
-    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+def _status_bytes(key: str, pid: int | str = "self") -> int:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)) * 1024
 
 
 def _prompt(length: int, seed: int) -> bytes:

@@ -27,18 +27,19 @@ CANCEL_WAIT_S = 30  # how long closing a stream waits for its row to be freed
 # at once): each hand-over wakes a reader thread, which then competes with the decoding thread for the interpreter
 SEND_EVERY_S = 0.04
 _reasons: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
-_schedulers: "OrderedDict[int, Scheduler]" = OrderedDict()  # by id of the model, which each scheduler holds
+_schedulers: OrderedDict = OrderedDict()  # by (id of the model, which each scheduler holds, apart)
 _registry = threading.Lock()
 
 
 def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | None = None,
-             keep_logits: bool = False):
+             keep_logits: bool = False, apart: bool = False):
     """engine.generate's events and tokens, the stream decoded in its checkpoint's shared batch where the batched
-    decoder can run it, else by engine.generate itself."""
+    decoder can run it, else by engine.generate itself. apart: the batch decoded in a process of its own (a
+    server's choice: see worker.py)."""
     settings = settings or GenerationSettings()
     if batched_unsupported(checkpoint, settings) is not None:
         return engine_generate(checkpoint, prompt_ids, settings, keep_logits)
-    return scheduler_for(checkpoint).generate(prompt_ids, settings, keep_logits)
+    return scheduler_for(checkpoint, apart).generate(prompt_ids, settings, keep_logits)
 
 
 def batched_unsupported(checkpoint: Checkpoint, settings: GenerationSettings) -> str | None:
@@ -55,32 +56,52 @@ def batched_unsupported(checkpoint: Checkpoint, settings: GenerationSettings) ->
     return _reasons[net]
 
 
-def scheduler_for(checkpoint: Checkpoint) -> "Scheduler":
-    """The scheduler of checkpoint's model, made on first use; the least recently used beyond SCHEDULERS are
-    dropped (one still serving finishes its streams first)."""
+def scheduler_for(checkpoint: Checkpoint, apart: bool = False):
+    """The scheduler of checkpoint's model (apart: a worker.DecodeWorker, its scheduler in a child process), made on
+    first use; the least recently used beyond SCHEDULERS are dropped (one still serving finishes its streams
+    first)."""
+    from .worker import DecodeWorker  # worker builds on this module
+
+    key = (id(checkpoint.model), apart)
     with _registry:
-        found = _schedulers.get(id(checkpoint.model))
-        if found is None or found.checkpoint.model is not checkpoint.model:
-            found = _schedulers[id(checkpoint.model)] = Scheduler(checkpoint)
-        _schedulers.move_to_end(id(checkpoint.model))
+        found = _schedulers.get(key)
+        if found is None or found.checkpoint.model is not checkpoint.model or getattr(found, "ended", None):
+            found = _schedulers[key] = DecodeWorker(checkpoint) if apart else Scheduler(checkpoint)
+        _schedulers.move_to_end(key)
         while len(_schedulers) > SCHEDULERS:
-            _schedulers.popitem(last=False)
+            _, dropped = _schedulers.popitem(last=False)
+            if isinstance(dropped, DecodeWorker):
+                dropped.retire()
         return found
+
+
+def read_events(events: queue.SimpleQueue):
+    """The events of a stream whose lists of events, or the exception that ends it, come through events."""
+    while True:
+        told = events.get()
+        if isinstance(told, Exception):
+            raise told
+        yield from told
+        if isinstance(told[-1], Finished):
+            return
 
 
 class _Request:
     """One stream: its settings and sampling state, where it is in its warm-up, and the queue its events go to."""
 
-    def __init__(self, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool, checkpoint: Checkpoint):
-        """settings as engine.resolve fills them in."""
+    def __init__(self, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool, checkpoint: Checkpoint,
+                 events=None, released=None):
+        """settings as engine.resolve fills them in. events: where lists of events go (.put), and the exception that
+        ends the stream; released (.set): told when the stream has left the batch. By default a queue and an event
+        of this process's."""
         seg_len, mem_len = checkpoint.max_seq_len, settings.mem_len
         self.prompt, self.settings, self.mem_len, self.keep_logits = prompt, settings, mem_len, keep_logits
         self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
         complete = prompt[0, :self.current * seg_len].numpy().tobytes()
         self.key = (mem_len, hashlib.sha256(complete).hexdigest())  # the warm-up's result depends on these alone
-        self.events: queue.SimpleQueue = queue.SimpleQueue()  # lists of events, or the exception that ended it
+        self.events = queue.SimpleQueue() if events is None else events
         self.pending, self.sent_at = [], 0.0
-        self.cancelled, self.released = False, threading.Event()
+        self.cancelled, self.released = False, threading.Event() if released is None else released
         self.warm_up, self.mems, self.warmed = None, None, 0
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.seen = torch.zeros(1, checkpoint.model.num_tokens, dtype=torch.bool)
@@ -129,23 +150,21 @@ class Scheduler:
         with self.lock:
             return len(self.rows), len(self.waiting)
 
-    def _stream(self, request: _Request):
-        yield Started(self.decoder.name, request.prompt.shape[-1], self.checkpoint.max_seq_len, request.mem_len,
-                      request.settings.seed)
-        request.started = time.perf_counter()  # after the yield, as the engine's clock
+    def submit(self, request: _Request) -> None:
+        """Starts request's clock and puts it in line; its events go to request.events."""
+        request.started = time.perf_counter()
         with self.lock:
             self.waiting.append(request)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="xldemo-scheduler", daemon=True)
                 self.thread.start()
+
+    def _stream(self, request: _Request):
+        yield Started(self.decoder.name, request.prompt.shape[-1], self.checkpoint.max_seq_len, request.mem_len,
+                      request.settings.seed)
+        self.submit(request)  # after the yield, as the engine starts its clock
         try:
-            while True:
-                events = request.events.get()
-                if isinstance(events, Exception):
-                    raise events
-                yield from events
-                if isinstance(events[-1], Finished):
-                    return
+            yield from read_events(request.events)
         finally:  # closed early (Stop, a closed tab): the row is free before this returns
             request.cancelled = True
             request.released.wait(CANCEL_WAIT_S)

@@ -65,6 +65,7 @@ def of_inputs(handler, names: list[str] = INPUTS):
 class Handlers:
     default_checkpoint: str
     time_limit_s: float = 300.0  # a run's longest, so that no visitor holds a row of the batch for ever
+    apart: bool = False  # the shared batch decoded in a process of its own (see worker.py)
 
     def load(self, name) -> Checkpoint:
         return cached_checkpoint(checkpoint_source(name or self.default_checkpoint, self.default_checkpoint))
@@ -95,7 +96,7 @@ class Handlers:
         model, ids, settings = self.prepare(inputs)
         run, throttle, began = None, Throttle(), time.monotonic()
         try:
-            run = Run(model, ids, settings, colouring=colouring)
+            run = Run(model, ids, settings, colouring=colouring, apart=self.apart)
             while event := run.step():
                 self._within_time(began)
                 if throttle.due(force=run.due_now(event)):
@@ -118,7 +119,8 @@ class Handlers:
         off = replace(on, mem_len=0)
         runs, throttle, began = [], Throttle(), time.monotonic()
         try:
-            runs += [Run(model, ids, on, live_rate=False), Run(model, ids, off, live_rate=False)]
+            runs += [Run(model, ids, on, live_rate=False, apart=self.apart),
+                     Run(model, ids, off, live_rate=False, apart=self.apart)]
             alive = [True, True]
             while any(alive):
                 self._within_time(began)

@@ -34,10 +34,12 @@ def launch_options() -> dict:
 def build_demo(default_checkpoint: str | None = None, concurrency: int | None = None) -> gr.Blocks:
     """The app. default_checkpoint: a folder or Hub repo id (default: XLDEMO_CHECKPOINT, else the shipped one);
     concurrency: runs at once (default: XLDEMO_CONCURRENCY, else the shared batch's size). XLDEMO_QUEUE_SIZE and
-    XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time."""
+    XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time; XLDEMO_DECODE_PROCESS=0 keeps
+    the shared batch in the server's process."""
     default = default_checkpoint or configured_checkpoint()
     concurrency = concurrency or int(os.environ.get("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY))
-    handlers = Handlers(default, float(os.environ.get("XLDEMO_TIME_LIMIT", Handlers.time_limit_s)))
+    handlers = Handlers(default, float(os.environ.get("XLDEMO_TIME_LIMIT", Handlers.time_limit_s)),
+                        apart=os.environ.get("XLDEMO_DECODE_PROCESS", "1") != "0")
     max_mem = default_max_mem_len(default, DEFAULT_MEM_LEN)
     choices = shipped_checkpoints()
     if default not in choices:

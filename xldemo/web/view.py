@@ -24,8 +24,9 @@ class Run:
     where it can take the run, else the engine)."""
 
     def __init__(self, checkpoint: Checkpoint, ids: list[int], settings: GenerationSettings, live_rate: bool = True,
-                 colouring: str = "probability", source: Callable[..., Iterator] | None = None):
-        """With settings.details the view is the memory view, its generated text coloured by `colouring`."""
+                 colouring: str = "probability", source: Callable[..., Iterator] | None = None, apart: bool = False):
+        """With settings.details the view is the memory view, its generated text coloured by `colouring`. apart:
+        serving.generate's, the shared batch in a process of its own."""
         self.live_rate = live_rate
         # the prompt's view is built before the engine starts, so its clock does not count it
         seg_len = checkpoint.max_seq_len
@@ -42,7 +43,8 @@ class Run:
         self.logprobs: list[float] = []
         self.text = ""
         self.details: list[dict] = []  # per token, as the CLI's --details writes them
-        self.events = (source or generate)(checkpoint, ids, settings)
+        self.events = source(checkpoint, ids, settings) if source else generate(checkpoint, ids, settings,
+                                                                                 apart=apart)
         self.started: Started | None = None
         self.finished: Finished | None = None
         self.warmup = (0, 0)

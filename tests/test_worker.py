@@ -1,0 +1,98 @@
+"""The shared batch in a process of its own: streams decoded in the child give the events of their solo engine runs
+(the teacher-forced logits included), several at once; closing a stream frees its row there; a child that dies
+fails its streams with a clear error and the next request gets a new one; a dropped worker's child ends."""
+
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import tiny_checkpoint, tiny_config
+from test_batched import reference_logits
+from test_serving import STREAMS, prompt_of, same_events, settings_of, solo
+from xldemo import serving
+from xldemo.engine import GenerationSettings, Token, generate
+from xldemo.errors import XLDemoError
+from xldemo.worker import DecodeWorker
+
+
+@pytest.fixture(scope="module")
+def worker():
+    checkpoint = tiny_checkpoint(tiny_config(seq_len=8, mem_len=13))
+    worker = DecodeWorker(checkpoint)
+    yield worker
+    worker.retire()
+
+
+def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_logits(worker):
+    checkpoint, results = worker.checkpoint, {}
+    net = checkpoint.model
+
+    def visitor(i):
+        results[i] = list(worker.generate(prompt_of(i), settings_of(i), keep_logits=True))
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(len(STREAMS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for i in range(len(STREAMS)):
+        assert same_events(results[i], solo(checkpoint, i)), i
+        tokens = [e for e in results[i] if isinstance(e, Token)]
+        text = torch.tensor(prompt_of(i) + [t.id for t in tokens])[None]  # (1, n)
+        mem_len = net.max_mem_len if settings_of(i).mem_len is None else settings_of(i).mem_len
+        reference = reference_logits(net, text, mem_len)[0, len(prompt_of(i)) - 1:-1]  # those that chose the tokens
+        torch.testing.assert_close(torch.stack([t.logits for t in tokens]), reference, atol=1e-4, rtol=0)
+    assert worker.live() == (0, 0)
+
+
+def test_closing_a_stream_frees_its_row_in_the_child_at_once(worker):
+    stopped = worker.generate([1, 2, 3], GenerationSettings(max_new_tokens=4000, seed=1))
+    kept_settings = replace(settings_of(4), max_new_tokens=2000)
+    kept = worker.generate(prompt_of(4), kept_settings)
+    next(e for e in stopped if isinstance(e, Token))
+    read = [next(kept) for _ in range(8)]
+    assert worker.live() == (2, 0)
+    stopped.close()
+    assert worker.live() == (1, 0)  # when close returns, the child has freed the row
+    assert same_events(read + list(kept), list(generate(worker.checkpoint, prompt_of(4), kept_settings)))
+    assert worker.live() == (0, 0)
+    never_started = worker.generate([5], GenerationSettings(max_new_tokens=5))
+    next(never_started)  # Started, and closed before the child heard of the stream: nothing to wait for
+    began = time.monotonic()
+    never_started.close()
+    assert time.monotonic() - began < 1 and worker.live() == (0, 0)
+
+
+def test_a_child_that_dies_fails_its_streams_and_the_next_request_gets_a_new_one():
+    checkpoint = tiny_checkpoint()
+    first = serving.scheduler_for(checkpoint, apart=True)
+    assert isinstance(first, DecodeWorker)
+    stream = serving.generate(checkpoint, [1, 2, 3], GenerationSettings(max_new_tokens=4000), apart=True)
+    next(e for e in stream if isinstance(e, Token))
+    os.kill(first.process.pid, signal.SIGKILL)
+    with pytest.raises(XLDemoError, match="decoding process ended"):
+        for _ in stream:
+            pass
+    second = serving.scheduler_for(checkpoint, apart=True)
+    assert second is not first
+    assert list(serving.generate(checkpoint, [4], GenerationSettings(max_new_tokens=3), apart=True))[-1].reason \
+        == "length"
+    second.retire()
+
+
+def test_a_retired_worker_finishes_its_stream_then_its_child_ends():
+    worker = DecodeWorker(tiny_checkpoint())
+    stream = worker.generate([1, 2], GenerationSettings(max_new_tokens=50, seed=3))
+    next(stream)
+    worker.retire()
+    assert worker.process.poll() is None  # still serving its stream
+    assert list(stream)[-1].reason == "length"
+    deadline = time.monotonic() + 30
+    while worker.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.process.poll() == 0

@@ -1,0 +1,198 @@
+"""A checkpoint's shared batch in a process of its own. In the server's process the decoding thread shares one
+interpreter with gradio's threads and the visitors' readers: each torch call gives up the interpreter and must wait to
+take it back, which made a step there half as fast again as alone. Here the child decodes (serving.Scheduler, as in
+process) and the server's process only reads the events it sends back.
+
+The two talk over a socket pair in length-prefixed pickles. To the child: the checkpoint once, then ("start", id,
+prompt, settings, keep_logits), ("cancel", id) and ("live", id). Back: ("events", id, a list of events or the
+exception that ends the stream), ("released", id) once the stream has left the batch, ("live", id, (rows, waiting)).
+The child ends when the server's end closes; the server's streams fail with a clear error if the child ends first.
+
+python -m xldemo.worker FD is the child; nothing else runs it."""
+
+import io
+import itertools
+import os
+import pickle
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+
+import torch
+
+from .batched import BatchedDecoder
+from .checkpoint import Checkpoint, build_model
+from .engine import GenerationSettings, Started, resolve
+from .errors import XLDemoError, one_line
+from .serving import CANCEL_WAIT_S, Scheduler, _Request, read_events
+
+LIVE_WAIT_S = 10  # how long live() waits for the child's answer
+
+
+class DecodeWorker:
+    """Scheduler's generate and live for checkpoint, the scheduler running in a child process."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen([sys.executable, "-m", "xldemo.worker", str(theirs.fileno())],
+                                            pass_fds=(theirs.fileno(),))
+        # the socket stays for shutdown(), which wakes the reader and ends the child; the connection frames messages
+        self.socket, self.connection = ours, Connection(os.dup(ours.fileno()))
+        self.streams: dict[int, tuple[queue.SimpleQueue, threading.Event]] = {}
+        self.ids, self.sending, self.retiring, self.ended = itertools.count(), threading.Lock(), False, None
+        weights = io.BytesIO()
+        torch.save(checkpoint.model.state_dict(), weights)
+        self._send((checkpoint.config, weights.getvalue(), checkpoint.tokenizer, checkpoint.source))
+        threading.Thread(target=self._read, name="xldemo-worker-reader", daemon=True).start()
+
+    def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
+        """engine.generate for one stream of this worker's checkpoint (settings the batch supports)."""
+        prompt, settings = resolve(self.checkpoint, prompt_ids, settings)
+        return self._stream(prompt, settings, keep_logits)
+
+    def live(self) -> tuple[int, int]:
+        """(streams in the child's batch, streams waiting or warming up there)."""
+        answer = self._open()
+        self._send(("live", answer.id))
+        try:
+            return answer.events.get(timeout=LIVE_WAIT_S)
+        finally:
+            self.streams.pop(answer.id, None)
+
+    def retire(self) -> None:
+        """Ends the child once its streams are done."""
+        self.retiring = True
+        if not self.streams:
+            self._close()
+
+    def _stream(self, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool):
+        stream, sent = self._open(), False
+        try:
+            yield Started(BatchedDecoder.name, prompt.shape[-1], self.checkpoint.max_seq_len, settings.mem_len,
+                          settings.seed)
+            self._send(("start", stream.id, prompt, settings, keep_logits))  # after the yield, as the engine's clock
+            sent = True
+            yield from read_events(stream.events)
+        finally:  # closed early or not: the child frees the row, if it still holds one, before this returns
+            if sent and self.ended is None:
+                self._send(("cancel", stream.id))
+                stream.released.wait(CANCEL_WAIT_S)
+            self.streams.pop(stream.id, None)
+            if self.retiring and not self.streams:
+                self._close()
+
+    def _close(self) -> None:
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already shut
+            pass
+
+    def _open(self) -> "_Stream":
+        stream = _Stream(next(self.ids))
+        self.streams[stream.id] = stream
+        if self.ended is not None:
+            stream.events.put(self.ended)
+        return stream
+
+    def _send(self, message) -> None:
+        data = pickle.dumps(message)
+        with self.sending:
+            try:
+                self.connection.send_bytes(data)
+            except (OSError, ValueError):  # the child has ended; _read tells every stream why
+                pass
+
+    def _read(self) -> None:
+        try:
+            while True:
+                kind, key, *rest = pickle.loads(self.connection.recv_bytes())
+                stream = self.streams.get(key)
+                if stream is None:  # a stream closed while the child was still sending
+                    continue
+                if kind == "released":
+                    stream.released.set()
+                else:
+                    stream.events.put(rest[0])
+        except (EOFError, OSError):
+            pass
+        self.ended = XLDemoError("The decoding process ended; try again." if not self.retiring else
+                                 "This checkpoint's decoding process was closed; try again.")
+        for stream in list(self.streams.values()):
+            stream.events.put(self.ended)
+            stream.released.set()
+        self.connection.close()
+        self.socket.close()
+        self.process.wait()
+
+
+class _Stream:
+    def __init__(self, id: int):
+        self.id, self.events, self.released = id, queue.SimpleQueue(), threading.Event()
+
+
+class _Sender:
+    """The child's end: messages to the server, from the decoding thread and the main thread alike."""
+
+    def __init__(self, connection: Connection):
+        self.connection, self.lock = connection, threading.Lock()
+
+    def __call__(self, *message) -> None:
+        try:
+            data = pickle.dumps(message)
+        except Exception as e:  # an exception that will not pickle still ends its stream, told in words
+            data = pickle.dumps((*message[:2], XLDemoError(one_line(e))))
+        with self.lock:
+            try:
+                self.connection.send_bytes(data)
+            except OSError:  # the server's end has closed: nobody is left to tell
+                pass
+
+
+class _Events:
+    def __init__(self, send: _Sender, id: int):
+        self.send, self.id = send, id
+
+    def put(self, told) -> None:
+        self.send("events", self.id, told)
+
+
+class _Released:
+    def __init__(self, send: _Sender, id: int, requests: dict):
+        self.send, self.id, self.requests = send, id, requests
+
+    def set(self) -> None:
+        self.requests.pop(self.id, None)
+        self.send("released", self.id)
+
+
+def serve(connection: Connection) -> None:
+    """The child: builds the checkpoint the server sends, then starts, cancels and reports streams until the server's
+    end closes."""
+    config, weights, tokenizer, source = pickle.loads(connection.recv_bytes())
+    model = build_model(config)
+    model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    checkpoint = Checkpoint(model.eval(), config, tokenizer, source)
+    scheduler, send, requests = Scheduler(checkpoint), _Sender(connection), {}
+    while True:
+        try:
+            kind, key, *rest = pickle.loads(connection.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if kind == "start":
+            prompt, settings, keep_logits = rest
+            requests[key] = _Request(prompt, settings, keep_logits, checkpoint, _Events(send, key),
+                                     _Released(send, key, requests))
+            scheduler.submit(requests[key])
+        elif kind == "cancel" and key in requests:
+            requests[key].cancelled = True
+        elif kind == "live":
+            send("live", key, scheduler.live())
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))
