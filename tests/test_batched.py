@@ -107,3 +107,18 @@ def test_unsupported_models_and_overlong_segments_are_refused():
     net = tiny_checkpoint().model
     with pytest.raises(XLDemoError, match="1 to 8 tokens"):
         BatchedDecoder(net).add(random_tokens(1, 9, seed=0), None, 8)
+
+
+def test_a_row_restored_from_its_saved_state_goes_on_exactly_as_the_row_itself():
+    net = tiny_checkpoint(tiny_config(seq_len=8, mem_len=13)).model
+    prompt = random_tokens(1, 3 * 8 + 5, seed=4)
+    mems = memory_after(net, prompt[:, :24], 13)
+    original, other = BatchedDecoder(net), BatchedDecoder(net, memory_slots=20)
+    other.add(prompt[:, 24:26], memory_after(net, prompt[:, :8], 5), 5)  # another row first, and more memory slots
+    original.add(prompt[:, 24:], mems, 13)
+    other.restore(original.saved(0))
+    assert other.rows == 2 and other.memory_tokens(1) == original.memory_tokens(0)
+    ids = random_tokens(1, 12, seed=5)[0]  # past the segment's end: the restored row's memory rolls over too
+    for token in ids:
+        mine, theirs = original.step(token[None]), other.step(torch.stack([ids[0], token]))
+        torch.testing.assert_close(theirs[1], mine[0], atol=1e-5, rtol=0)  # a batch of two sums in another order

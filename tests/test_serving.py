@@ -164,6 +164,40 @@ def test_visitors_with_the_same_prompt_share_its_warm_up(monkeypatch):
     assert len(segments) == 10  # another memory length is another warm-up
 
 
+def test_a_prompt_seen_lately_opens_its_row_as_a_copy_and_writes_what_it_writes_alone():
+    checkpoint = tiny_checkpoint()
+    scheduler, prefills = Scheduler(checkpoint, prompt_cache_size=2), []
+    prefill = scheduler.decoder._prefill
+
+    def counted(*args):
+        prefills.append(1)
+        return prefill(*args)
+
+    scheduler.decoder._prefill = counted
+    long, short = random_tokens(1, 5 * 8 + 2, seed=2)[0].tolist(), [7, 8, 9]
+    net = checkpoint.model
+    for prompt, settings, expected in ((long, GenerationSettings(max_new_tokens=9, seed=3), 1),
+                                       (long, GenerationSettings(max_new_tokens=20, seed=4, temperature=0.5), 1),
+                                       (short, GenerationSettings(max_new_tokens=12, seed=5), 2),
+                                       (short, GenerationSettings(max_new_tokens=12, seed=6), 2),
+                                       (long, GenerationSettings(max_new_tokens=5, mem_len=3, seed=8), 3),
+                                       (long, GenerationSettings(max_new_tokens=5, seed=7), 4)):  # dropped for two newer
+        events = list(scheduler.generate(prompt, settings, keep_logits=True))
+        assert len(prefills) == expected
+        assert same_events(events, list(generate(checkpoint, prompt, settings)))
+        tokens = [e for e in events if isinstance(e, Token)]
+        text = torch.tensor(prompt + [t.id for t in tokens])[None]
+        mem_len = net.max_mem_len if settings.mem_len is None else settings.mem_len
+        reference = reference_logits(net, text, mem_len)[0, len(prompt) - 1:-1]
+        torch.testing.assert_close(torch.stack([t.logits for t in tokens]), reference, atol=1e-4, rtol=0)
+    together = [scheduler.generate(long, GenerationSettings(max_new_tokens=30, seed=i)) for i in range(3)]
+    firsts = [next(s) for s in together]
+    results = [firsts[i:i + 1] + list(s) for i, s in enumerate(together)]
+    assert len(prefills) == 4  # still in the cache: three rows copied while the others decode
+    assert all(same_events(r, list(generate(checkpoint, long, GenerationSettings(max_new_tokens=30, seed=i))))
+               for i, r in enumerate(results))
+
+
 def test_runs_the_batch_cannot_take_go_through_the_engine():
     checkpoint, generic = tiny_checkpoint(), tiny_checkpoint(tiny_config(rel_pos_bias=True))
     assert next(serving.generate(checkpoint, [1, 2], GenerationSettings(max_new_tokens=2))).decoder == "batched"

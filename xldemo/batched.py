@@ -1,6 +1,8 @@
 """The batched decoder: the fast decoder's arithmetic over many independent streams at once, each row with its own
 memory length, its own place in its own segment and its own segment boundaries."""
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from x_transformers import TransformerWrapper
@@ -8,6 +10,22 @@ from x_transformers import TransformerWrapper
 from .errors import XLDemoError
 from .fast import FastDecoder, _rotate
 from .memory import Memory
+
+
+@dataclass(frozen=True)
+class RowState:
+    """A row's memory slots and the segment slots it has filled, per layer, as BatchedDecoder.saved copies them."""
+    memory: int
+    offset: int
+    limit: int  # the row's mem_len
+    hidden: torch.Tensor  # (depth, memory + offset, d)
+    raw_keys: torch.Tensor  # (depth, h, memory + offset, dh)
+    keys: torch.Tensor  # (depth, h, dh, memory + offset)
+    values: torch.Tensor  # (depth, h, memory + offset, dh)
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.hidden, self.raw_keys, self.keys, self.values))
 
 
 class BatchedDecoder:
@@ -39,17 +57,39 @@ class BatchedDecoder:
         if not 1 <= n <= self.seg_len:
             raise XLDemoError(f"a segment starts with 1 to {self.seg_len} tokens, got {n}")
         m = 0 if mems is None else mems[0].shape[-2]
+        row = self._open_row(m, mem_len)
+        if m:
+            self._project_memory(row, mems)
+        return self._prefill(row, tokens)
+
+    def saved(self, row: int) -> "RowState":
+        """Row's memory and segment so far: another row opened from it (restore) goes on exactly as row would."""
+        m, n, top = self.memory[row], self.offsets[row], self.memory_slots
+        span = slice(top - m, top + n)
+        return RowState(m, n, self.limits[row], self.hidden[:, row, span].clone(), self.raw_keys[:, row, :, span].clone(),
+                        self.keys[:, row, ..., span].clone(), self.values[:, row, :, span].clone())
+
+    @torch.inference_mode()
+    def restore(self, state: "RowState") -> None:
+        """Opens a new row, the last, where the row state was saved from stood: no arithmetic, only copies."""
+        row, top = self._open_row(state.memory, state.limit), self.memory_slots
+        span = slice(top - state.memory, top + state.offset)
+        self.hidden[:, row, span] = state.hidden
+        self.raw_keys[:, row, :, span] = state.raw_keys
+        self.keys[:, row, ..., span] = state.keys
+        self.values[:, row, :, span] = state.values
+        self.offsets[row] = state.offset
+
+    def _open_row(self, m: int, mem_len: int) -> int:
+        """A new last row for a memory of m slots and at most mem_len, the buffers grown if need be."""
         capacity = 2 * self.capacity if self.rows == self.capacity else self.capacity
         if capacity != self.capacity or max(m, mem_len) > self.memory_slots:
             self._allocate(capacity, max(self.memory_slots, m, mem_len))
-        row = self.rows
         self.rows += 1
         self.memory.append(m)
         self.offsets.append(0)
         self.limits.append(mem_len)
-        if m:
-            self._project_memory(row, mems)
-        return self._prefill(row, tokens)
+        return self.rows - 1
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import torch
 
-from .batched import BatchedDecoder
+from .batched import BatchedDecoder, RowState
 from .checkpoint import Checkpoint
 from .engine import (Finished, GenerationSettings, SampleText, SegmentStarted, Started, Token, WarmupProgress,
                      decode_rate, resolve)
@@ -21,6 +21,9 @@ from .sampling import choose_tokens_apart
 
 MAX_BATCH = 8  # streams decoded at once per checkpoint; more wait for a row
 PREFIX_CACHE_SIZE = 8  # warmed-up prompt memories kept per checkpoint, least recently used dropped first
+# whole prompts' rows as their prefill leaves them (up to 12 MB each for the shipped model), kept likewise: a
+# visitor who sends a prompt seen lately (an example) starts decoding at once, with no arithmetic for the prompt
+PROMPT_CACHE_SIZE = 4
 SCHEDULERS = 4  # checkpoints with a scheduler at once
 CANCEL_WAIT_S = 30  # how long closing a stream waits for its row to be freed
 # a stream's events go to its reader in bunches at most this often once its tokens flow (the first token and the end
@@ -99,6 +102,8 @@ class _Request:
         self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
         complete = prompt[0, :self.current * seg_len].numpy().tobytes()
         self.key = (mem_len, hashlib.sha256(complete).hexdigest())  # the warm-up's result depends on these alone
+        self.whole = (mem_len, hashlib.sha256(prompt[0].numpy().tobytes()).hexdigest())  # and the prefill's on these
+        self.state = None  # (row state, logits) when the whole prompt's prefill was cached
         self.events = queue.SimpleQueue() if events is None else events
         self.pending, self.sent_at = [], 0.0
         self.cancelled, self.released = False, threading.Event() if released is None else released
@@ -128,15 +133,19 @@ class Scheduler:
     """The thread that owns a checkpoint's batched decoder. Each iteration: drops closed streams, runs one prompt
     segment of one stream's warm-up, admits one warmed-up stream into the batch (the prefill of its last, partial
     prompt segment), then decodes one token for every stream in the batch. A warm-up's memory is cached by the
-    prompt's complete segments and the memory length, so that visitors who send the same prompt share it. The
-    thread ends when nothing is left to do and starts again with the next stream."""
+    prompt's complete segments and the memory length, so that visitors who send the same prompt share it; the row
+    its prefill leaves is cached by the whole prompt and the memory length, so that the next such visitor's row is a
+    copy. The thread ends when nothing is left to do and starts again with the next stream."""
 
-    def __init__(self, checkpoint: Checkpoint, max_batch: int = MAX_BATCH, cache_size: int = PREFIX_CACHE_SIZE):
+    def __init__(self, checkpoint: Checkpoint, max_batch: int = MAX_BATCH, cache_size: int = PREFIX_CACHE_SIZE,
+                 prompt_cache_size: int = PROMPT_CACHE_SIZE):
         self.checkpoint, self.max_batch, self.cache_size = checkpoint, max_batch, cache_size
+        self.prompt_cache_size = prompt_cache_size
         self.decoder = BatchedDecoder(checkpoint.model)
         self.rows: list[_Request] = []  # by the decoder's row
         self.waiting: list[_Request] = []  # warming up or waiting for a row, in arrival order
         self.prefixes: OrderedDict[tuple, list[torch.Tensor] | None] = OrderedDict()
+        self.prompts: OrderedDict[tuple, tuple[RowState, torch.Tensor]] = OrderedDict()
         self.warming: dict[tuple, _Request] = {}  # key -> the stream warming it up; others with its key wait
         self.lock, self.thread = threading.Lock(), None
 
@@ -205,15 +214,21 @@ class Scheduler:
             request.released.set()
 
     def _warm_up_one(self) -> None:
-        """One prompt segment for the waiting stream with the fewest done (taking turns), or a cached warm-up."""
+        """One prompt segment for the waiting stream with the fewest done (taking turns), or a cached warm-up (or
+        prefill)."""
         for request in self.waiting:
-            if not request.warm and request.warm_up is None and request.key in self.prefixes:
+            if request.warm or request.warm_up is not None:
+                continue
+            request.state = self._cached_prompt(request)  # the whole prompt's prefill: no warm-up needed
+            if request.state is None and request.key in self.prefixes:
                 self.prefixes.move_to_end(request.key)
                 request.mems = self.prefixes[request.key]
-                for index in range(request.current):
-                    request.tell(SegmentStarted(index, index * self.checkpoint.max_seq_len, "prompt"))
-                    request.tell(WarmupProgress(index + 1, request.current))
-                request.warmed = request.current
+            elif request.state is None:
+                continue
+            for index in range(request.current):
+                request.tell(SegmentStarted(index, index * self.checkpoint.max_seq_len, "prompt"))
+                request.tell(WarmupProgress(index + 1, request.current))
+            request.warmed = request.current
         ready = [r for r in self.waiting if not r.warm and self.warming.setdefault(r.key, r) is r]
         if not ready:
             return
@@ -233,6 +248,12 @@ class Scheduler:
             while len(self.prefixes) > self.cache_size:
                 self.prefixes.popitem(last=False)
 
+    def _cached_prompt(self, request: _Request) -> tuple[RowState, torch.Tensor] | None:
+        found = self.prompts.get(request.whole)
+        if found is not None:
+            self.prompts.move_to_end(request.whole)
+        return found
+
     def _admit_one(self) -> None:
         """The first warmed-up waiting stream, if a row is free: its last prompt segment, then its first token."""
         request = next((r for r in self.waiting if r.warm), None)
@@ -243,8 +264,16 @@ class Scheduler:
         request.warmup_s = time.perf_counter() - request.started
         seg_len, current = self.checkpoint.max_seq_len, request.current
         request.tell(SegmentStarted(current, current * seg_len, "prompt"))
-        logits = self.decoder.add(request.prompt[:, current * seg_len:], request.mems, request.mem_len)  # (1, v)
-        request.mems = None  # the decoder holds it now; the cache may hold it too
+        state = request.state or self._cached_prompt(request)  # a prompt of one segment has no warm-up to find it
+        if state is not None:
+            self.decoder.restore(state[0])
+            logits = state[1]
+        else:
+            logits = self.decoder.add(request.prompt[:, current * seg_len:], request.mems, request.mem_len)  # (1, v)
+            self.prompts[request.whole] = (self.decoder.saved(self.decoder.rows - 1), logits)
+            while len(self.prompts) > self.prompt_cache_size:
+                self.prompts.popitem(last=False)
+        request.mems = request.state = None  # the decoder holds them now; the caches may hold them too
         self.rows.append(request)
         self._take(logits, range(len(self.rows) - 1, len(self.rows)))
 
