@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,7 @@ from .errors import XLDemoError, one_line
 from .serving import CANCEL_WAIT_S, Scheduler, _Request, read_events
 
 LIVE_WAIT_S = 10  # how long live() waits for the child's answer
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `-m xldemo.worker` imports from, wherever the app runs
 
 
 class DecodeWorker:
@@ -40,7 +42,7 @@ class DecodeWorker:
         ours, theirs = socket.socketpair()
         with theirs:
             self.process = subprocess.Popen([sys.executable, "-m", "xldemo.worker", str(theirs.fileno())],
-                                            pass_fds=(theirs.fileno(),))
+                                            pass_fds=(theirs.fileno(),), cwd=PACKAGE_ROOT)
         # the socket stays for shutdown(), which wakes the reader and ends the child; the connection frames messages
         self.socket, self.connection = ours, Connection(os.dup(ours.fileno()))
         self.streams: dict[int, tuple[queue.SimpleQueue, threading.Event]] = {}
