@@ -1,7 +1,10 @@
 """The scheduler: concurrent streams, each with its own prompt, memory length, settings and seed, give the events and
 tokens of their solo engine runs and the logits of their teacher-forced passes; closing a stream frees its row."""
 
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -14,6 +17,7 @@ from xldemo import serving
 from xldemo.batched import BatchedDecoder
 from xldemo.engine import Finished, GenerationSettings, Token, WarmupProgress, generate
 from xldemo.serving import Scheduler
+from xldemo.web.local import ROOT
 
 # one per stream: prompt length and settings; memory lengths below, at and above the model's, and none
 STREAMS = [(1, dict(max_new_tokens=30, temperature=0.0)),
@@ -231,3 +235,18 @@ def test_streams_with_one_sampling_setting_draw_together_each_as_alone(monkeypat
     assert max(groups) > 1  # they did share passes
     for p, s, events in zip(prompts, settings, results):
         assert same_events(events, list(generate(checkpoint, p, s)))
+
+
+def test_a_script_that_exits_with_a_stream_still_open_exits_cleanly():
+    # the shipped model's steps are long enough that the decoding thread is inside torch when the script ends: a
+    # daemon thread stopped there by the interpreter's shutdown aborted the process (SIGABRT)
+    script = ("from xldemo import serving\n"
+              "from xldemo.checkpoint import load_checkpoint\n"
+              "from xldemo.engine import GenerationSettings\n"
+              "stream = serving.generate(load_checkpoint(), [65] * 300, GenerationSettings(max_new_tokens=4000))\n"
+              "for _, event in zip(range(20), stream):\n"
+              "    pass\n")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-300:]
+    assert time.monotonic() - began < serving.CANCEL_WAIT_S  # the open stream's close does not wait for its row

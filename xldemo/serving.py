@@ -1,6 +1,7 @@
 """Serving many visitors at once: per checkpoint, one thread decodes every stream in one batch that streams join and
 leave between steps; each stream reads as a generator of the engine's own events."""
 
+import atexit
 import hashlib
 import queue
 import threading
@@ -32,6 +33,16 @@ SEND_EVERY_S = 0.04
 _reasons: "weakref.WeakKeyDictionary[torch.nn.Module, str | None]" = weakref.WeakKeyDictionary()
 _schedulers: OrderedDict = OrderedDict()  # by (id of the model, which each scheduler holds, apart)
 _registry = threading.Lock()
+_every_scheduler: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
+STOP_WAIT_S = 5  # how long the interpreter's exit waits for a step to end
+
+
+@atexit.register
+def _stop_schedulers() -> None:
+    """A daemon thread still inside torch when the interpreter shuts down aborts the process (C++ terminate): a
+    script that exits with a stream still open would end with SIGABRT. The decoding threads stop first."""
+    for scheduler in list(_every_scheduler):
+        scheduler.stop()
 
 
 def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | None = None,
@@ -147,7 +158,8 @@ class Scheduler:
         self.prefixes: OrderedDict[tuple, list[torch.Tensor] | None] = OrderedDict()
         self.prompts: OrderedDict[tuple, tuple[RowState, torch.Tensor]] = OrderedDict()
         self.warming: dict[tuple, _Request] = {}  # key -> the stream warming it up; others with its key wait
-        self.lock, self.thread = threading.Lock(), None
+        self.lock, self.thread, self.stopping = threading.Lock(), None, False
+        _every_scheduler.add(self)
 
     def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
         """engine.generate for one stream of this scheduler's checkpoint (settings the batch supports)."""
@@ -178,6 +190,16 @@ class Scheduler:
             request.cancelled = True
             request.released.wait(CANCEL_WAIT_S)
 
+    def stop(self) -> None:
+        """Ends the decoding thread after its current step; streams still open hear nothing more, and closing
+        them does not wait."""
+        self.stopping = True
+        thread = self.thread
+        if thread is not None:
+            thread.join(STOP_WAIT_S)
+        for request in self.rows + self.waiting:
+            request.released.set()
+
     def _loop(self) -> None:
         # one core fewer than torch's choice: the server's threads streaming the results to visitors need one, and a
         # parallel region waiting for a busy core costs more than the core adds (torch's setting is per thread)
@@ -185,7 +207,7 @@ class Scheduler:
         while True:
             with self.lock:
                 self._drop_cancelled()
-                if not self.rows and not self.waiting:
+                if self.stopping or not self.rows and not self.waiting:
                     self.thread = None
                     return
             try:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -120,8 +121,11 @@ class DecodeWorker:
                     stream.released.set()
                 else:
                     stream.events.put(rest[0])
-        except (EOFError, OSError):
+        except (EOFError, OSError):  # the child has ended, or retire() shut the socket
             pass
+        except Exception:  # a message that will not unpickle: the stream it was for would wait for ever
+            traceback.print_exc()
+            self.process.kill()
         self.ended = XLDemoError("The decoding process ended; try again." if not self.retiring else
                                  "This checkpoint's decoding process was closed; try again.")
         for stream in list(self.streams.values()):
@@ -198,3 +202,5 @@ def serve(connection: Connection) -> None:
 
 if __name__ == "__main__":
     serve(Connection(int(sys.argv[1])))
+    # no interpreter shutdown: the decoding thread may be inside torch, and a daemon thread stopped there aborts
+    os._exit(0)
