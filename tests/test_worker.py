@@ -96,3 +96,17 @@ def test_a_retired_worker_finishes_its_stream_then_its_child_ends():
     while worker.process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert worker.process.poll() == 0
+
+
+def test_opening_the_page_starts_the_checkpoints_decoding_process(app_folder):
+    from xldemo.web.handlers import Handlers
+
+    handlers = Handlers(str(app_folder), apart=True)
+    model = handlers.load(None).model
+    for key in [k for k in serving._schedulers if k[0] == id(model)]:
+        serving._schedulers.pop(key).retire()
+    began = time.monotonic()
+    handlers.info(None)  # what the page's load event runs
+    assert time.monotonic() - began < 1  # the page does not wait for the child to start
+    worker = serving._schedulers[(id(model), True)]
+    assert isinstance(worker, DecodeWorker) and worker.live() == (0, 0)  # the child is up and answers

@@ -46,12 +46,10 @@ class DecodeWorker:
                                             pass_fds=(theirs.fileno(),), cwd=PACKAGE_ROOT)
         # the socket stays for shutdown(), which wakes the reader and ends the child; the connection frames messages
         self.socket, self.connection = ours, Connection(os.dup(ours.fileno()))
-        self.streams: dict[int, tuple[queue.SimpleQueue, threading.Event]] = {}
+        self.streams: dict[int, _Stream] = {}
         self.ids, self.sending, self.retiring, self.ended = itertools.count(), threading.Lock(), False, None
-        weights = io.BytesIO()
-        torch.save(checkpoint.model.state_dict(), weights)
-        self._send((checkpoint.config, weights.getvalue(), checkpoint.tokenizer, checkpoint.source))
-        threading.Thread(target=self._read, name="xldemo-worker-reader", daemon=True).start()
+        self.sending.acquire()  # held until the checkpoint has gone, the child's first message: see _start
+        threading.Thread(target=self._start, name="xldemo-worker-reader", daemon=True).start()
 
     def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
         """engine.generate for one stream of this worker's checkpoint (settings the batch supports)."""
@@ -109,6 +107,20 @@ class DecodeWorker:
                 self.connection.send_bytes(data)
             except (OSError, ValueError):  # the child has ended; _read tells every stream why
                 pass
+
+    def _start(self) -> None:
+        """Sends the checkpoint, which takes until the child has imported torch (seconds), then reads. Streams
+        opened meanwhile wait for the sending lock: whoever makes a worker does not wait."""
+        weights = io.BytesIO()
+        torch.save(self.checkpoint.model.state_dict(), weights)
+        checkpoint = (self.checkpoint.config, weights.getvalue(), self.checkpoint.tokenizer, self.checkpoint.source)
+        try:
+            self.connection.send_bytes(pickle.dumps(checkpoint))
+        except (OSError, ValueError):  # the child has ended already: _read finds out
+            pass
+        finally:
+            self.sending.release()
+        self._read()
 
     def _read(self) -> None:
         try:

@@ -11,6 +11,7 @@ import gradio as gr
 from ..engine import GenerationSettings
 from ..checkpoint import Checkpoint
 from ..errors import XLDemoError
+from ..serving import scheduler_for
 from ..surprisal import surprisal_bits
 from ..sweep import DEFAULT_MEM_LENS, memory_sweep
 from . import render
@@ -168,6 +169,8 @@ class Handlers:
             model = self.load(checkpoint)
         except XLDemoError as e:
             return render.message_line(str(e)), gr.update()
+        if self.apart:  # its decoding process starts now, while the visitor reads the page, not at the first run
+            scheduler_for(model, apart=True)
         return render.stats_line(model_chips(model)), gr.update(maximum=model.max_mem_len, value=model.max_mem_len)
 
     @staticmethod
