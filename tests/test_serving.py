@@ -71,6 +71,15 @@ def same_events(a: list, b: list) -> bool:
             and logprobs[0] == pytest.approx(logprobs[1], abs=1e-4))
 
 
+def assert_teacher_forced(net, prompt: list[int], settings: GenerationSettings, events: list) -> None:
+    """The logits kept with each token (keep_logits) are those of the segmented teacher-forced pass that chose it."""
+    tokens = [e for e in events if isinstance(e, Token)]
+    text = torch.tensor(prompt + [t.id for t in tokens])[None]  # (1, n)
+    mem_len = net.max_mem_len if settings.mem_len is None else settings.mem_len
+    reference = reference_logits(net, text, mem_len)[0, len(prompt) - 1:-1]  # those that chose the tokens
+    torch.testing.assert_close(torch.stack([t.logits for t in tokens]), reference, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_concurrent_streams_give_their_solo_tokens_and_teacher_forced_logits(name):
     checkpoint = tiny_checkpoint(SUPPORTED[name])
@@ -80,11 +89,7 @@ def test_concurrent_streams_give_their_solo_tokens_and_teacher_forced_logits(nam
         assert events[0].decoder == "batched"
         alone = solo(checkpoint, i)
         assert same_events(events, alone), f"stream {i}"
-        tokens = [e for e in events if isinstance(e, Token)]
-        text = torch.tensor(prompt_of(i) + [t.id for t in tokens])[None]  # (1, n)
-        mem_len = net.max_mem_len if settings_of(i).mem_len is None else settings_of(i).mem_len
-        reference = reference_logits(net, text, mem_len)[0, len(prompt_of(i)) - 1:-1]  # those that chose the tokens
-        torch.testing.assert_close(torch.stack([t.logits for t in tokens]), reference, atol=1e-4, rtol=0)
+        assert_teacher_forced(net, prompt_of(i), settings_of(i), events)
     assert scheduler.live() == (0, 0)
 
 
@@ -189,11 +194,7 @@ def test_a_prompt_seen_lately_opens_its_row_as_a_copy_and_writes_what_it_writes_
         events = list(scheduler.generate(prompt, settings, keep_logits=True))
         assert len(prefills) == expected
         assert same_events(events, list(generate(checkpoint, prompt, settings)))
-        tokens = [e for e in events if isinstance(e, Token)]
-        text = torch.tensor(prompt + [t.id for t in tokens])[None]
-        mem_len = net.max_mem_len if settings.mem_len is None else settings.mem_len
-        reference = reference_logits(net, text, mem_len)[0, len(prompt) - 1:-1]
-        torch.testing.assert_close(torch.stack([t.logits for t in tokens]), reference, atol=1e-4, rtol=0)
+        assert_teacher_forced(net, prompt, settings, events)
     together = [scheduler.generate(long, GenerationSettings(max_new_tokens=30, seed=i)) for i in range(3)]
     firsts = [next(s) for s in together]
     results = [firsts[i:i + 1] + list(s) for i, s in enumerate(together)]

@@ -9,11 +9,9 @@ import time
 from dataclasses import replace
 
 import pytest
-import torch
 
 from conftest import tiny_checkpoint, tiny_config
-from test_batched import reference_logits
-from test_serving import STREAMS, prompt_of, same_events, settings_of, solo
+from test_serving import STREAMS, assert_teacher_forced, prompt_of, same_events, settings_of, solo
 from xldemo import serving
 from xldemo.engine import GenerationSettings, Token, generate
 from xldemo.errors import XLDemoError
@@ -30,7 +28,6 @@ def worker():
 
 def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_logits(worker):
     checkpoint, results = worker.checkpoint, {}
-    net = checkpoint.model
 
     def visitor(i):
         results[i] = list(worker.generate(prompt_of(i), settings_of(i), keep_logits=True))
@@ -42,11 +39,7 @@ def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_
         t.join(timeout=120)
     for i in range(len(STREAMS)):
         assert same_events(results[i], solo(checkpoint, i)), i
-        tokens = [e for e in results[i] if isinstance(e, Token)]
-        text = torch.tensor(prompt_of(i) + [t.id for t in tokens])[None]  # (1, n)
-        mem_len = net.max_mem_len if settings_of(i).mem_len is None else settings_of(i).mem_len
-        reference = reference_logits(net, text, mem_len)[0, len(prompt_of(i)) - 1:-1]  # those that chose the tokens
-        torch.testing.assert_close(torch.stack([t.logits for t in tokens]), reference, atol=1e-4, rtol=0)
+        assert_teacher_forced(checkpoint.model, prompt_of(i), settings_of(i), results[i])
     assert worker.live() == (0, 0)
 
 
