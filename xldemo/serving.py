@@ -1,5 +1,6 @@
 """Serving many visitors at once: per checkpoint, one thread decodes every stream in one batch that streams join and
-leave between steps; each stream reads as a generator of the engine's own events."""
+leave between steps; each stream reads as a generator of the engine's own events. The thread runs in this process,
+or (apart) in a child process of its own that worker.py runs and talks to."""
 
 import atexit
 import hashlib
