@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.plays import add_options, chosen_plays
+from benchmarks.plays import add_options, chosen_plays, use_threads
 from xldemo.checkpoint import load_checkpoint
 from xldemo.data import MODERN, train_plays
 from xldemo.rename import generic_words, rename
@@ -44,6 +44,7 @@ def main() -> None:
     add_options(parser)
     args = parser.parse_args()
     began = time.perf_counter()
+    use_threads(args)
     plays = chosen_plays(args)
     keep = generic_words(train_plays(Path(args.data)))  # roles (SERVANT, LORD) keep their names, as in training
     texts = {(play, version): text[:SCORED_BYTES] for play, original in plays.items()

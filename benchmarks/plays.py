@@ -16,10 +16,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=str(DEFAULT_CACHE), help="data cache folder")
 
 
-def chosen_plays(args: argparse.Namespace) -> dict[str, bytes]:
-    """file name -> text of the plays args.split names; sets torch's threads as args ask."""
+def use_threads(args: argparse.Namespace) -> None:
+    """torch's threads as --threads asks (0: torch's choice)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def chosen_plays(args: argparse.Namespace) -> dict[str, bytes]:
+    """file name -> text of the plays args.split names."""
     folder = prepare(Path(args.data))
     if args.split == "test":
         return {name: text for name, text in test_texts(folder).items() if name.endswith(MODERN)}

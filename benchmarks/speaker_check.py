@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.plays import add_options, chosen_plays
+from benchmarks.plays import add_options, chosen_plays, use_threads
 from xldemo.checkpoint import load_checkpoint
 from xldemo.data import train_plays
 from xldemo.examples import EXAMPLES, PROMPTS
@@ -43,6 +43,7 @@ def main() -> None:
     add_options(parser)
     args = parser.parse_args()
     began = time.perf_counter()
+    use_threads(args)
     plays = chosen_plays(args)
     checkpoint = load_checkpoint(args.checkpoint)
     trained = speaking_plays(train_plays(Path(args.data)))
