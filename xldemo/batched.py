@@ -23,10 +23,6 @@ class RowState:
     keys: torch.Tensor  # (depth, h, dh, memory + offset)
     values: torch.Tensor  # (depth, h, memory + offset, dh)
 
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.hidden, self.raw_keys, self.keys, self.values))
-
 
 class BatchedDecoder:
     """Rows 0 to rows - 1 are live streams. Each row's memory sits right-aligned in the first memory_slots slots of
