@@ -112,9 +112,11 @@ class _Request:
         seg_len, mem_len = checkpoint.max_seq_len, settings.mem_len
         self.prompt, self.settings, self.mem_len, self.keep_logits = prompt, settings, mem_len, keep_logits
         self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
-        complete = prompt[0, :self.current * seg_len].numpy().tobytes()
-        self.key = (mem_len, hashlib.sha256(complete).hexdigest())  # the warm-up's result depends on these alone
-        self.whole = (mem_len, hashlib.sha256(prompt[0].numpy().tobytes()).hexdigest())  # and the prefill's on these
+        ids = prompt[0].numpy()
+        digest = hashlib.sha256(ids[:self.current * seg_len].tobytes())  # the complete segments
+        self.key = (mem_len, digest.hexdigest())  # the warm-up's result depends on these alone
+        digest.update(ids[self.current * seg_len:].tobytes())  # then the rest: one pass over the prompt for both
+        self.whole = (mem_len, digest.hexdigest())  # the prefill's result depends on these alone
         self.state = None  # (row state, logits) when the whole prompt's prefill was cached
         self.events = queue.SimpleQueue() if events is None else events
         self.pending, self.sent_at = [], 0.0
