@@ -47,8 +47,8 @@ class DecodeWorker:
         # the socket stays for shutdown(), which wakes the reader and ends the child; the connection frames messages
         self.socket, self.connection = ours, Connection(os.dup(ours.fileno()))
         self.streams: dict[int, _Stream] = {}
-        self.ids, self.sending, self.retiring, self.ended = itertools.count(), threading.Lock(), False, None
-        self.sending.acquire()  # held until the checkpoint has gone, the child's first message: see _start
+        self.ids, self.send, self.retiring, self.ended = itertools.count(), _Sender(self.connection), False, None
+        self.send.lock.acquire()  # held until the checkpoint has gone, the child's first message: see _start
         threading.Thread(target=self._start, name="xldemo-worker-reader", daemon=True).start()
 
     def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
@@ -59,7 +59,7 @@ class DecodeWorker:
     def live(self) -> tuple[int, int]:
         """(streams in the child's batch, streams waiting or warming up there)."""
         answer = self._open()
-        self._send(("live", answer.id))
+        self.send("live", answer.id)
         try:
             return answer.events.get(timeout=LIVE_WAIT_S)
         finally:
@@ -76,12 +76,12 @@ class DecodeWorker:
         try:
             yield Started(BatchedDecoder.name, prompt.shape[-1], self.checkpoint.max_seq_len, settings.mem_len,
                           settings.seed)
-            self._send(("start", stream.id, prompt, settings, keep_logits))  # after the yield, as the engine's clock
+            self.send("start", stream.id, prompt, settings, keep_logits)  # after the yield, as the engine's clock
             sent = True
             yield from read_events(stream.events)
         finally:  # closed early or not: the child frees the row, if it still holds one, before this returns
             if sent and self.ended is None:
-                self._send(("cancel", stream.id))
+                self.send("cancel", stream.id)
                 stream.released.wait(CANCEL_WAIT_S)
             self.streams.pop(stream.id, None)
             if self.retiring and not self.streams:
@@ -100,14 +100,6 @@ class DecodeWorker:
             stream.events.put(self.ended)
         return stream
 
-    def _send(self, message) -> None:
-        data = pickle.dumps(message)
-        with self.sending:
-            try:
-                self.connection.send_bytes(data)
-            except (OSError, ValueError):  # the child has ended; _read tells every stream why
-                pass
-
     def _start(self) -> None:
         """Sends the checkpoint, which takes until the child has imported torch (seconds), then reads. Streams
         opened meanwhile wait for the sending lock: whoever makes a worker does not wait."""
@@ -115,11 +107,9 @@ class DecodeWorker:
         torch.save(self.checkpoint.model.state_dict(), weights)
         checkpoint = (self.checkpoint.config, weights.getvalue(), self.checkpoint.tokenizer, self.checkpoint.source)
         try:
-            self.connection.send_bytes(pickle.dumps(checkpoint))
-        except (OSError, ValueError):  # the child has ended already: _read finds out
-            pass
+            self.send.deliver(pickle.dumps(checkpoint))
         finally:
-            self.sending.release()
+            self.send.lock.release()
         self._read()
 
     def _read(self) -> None:
@@ -154,7 +144,7 @@ class _Stream:
 
 
 class _Sender:
-    """The child's end: messages to the server, from the decoding thread and the main thread alike."""
+    """Messages (kind, id, ...) to the other end, from any thread of either process: each pickled, then sent whole."""
 
     def __init__(self, connection: Connection):
         self.connection, self.lock = connection, threading.Lock()
@@ -165,10 +155,14 @@ class _Sender:
         except Exception as e:  # an exception that will not pickle still ends its stream, told in words
             data = pickle.dumps((*message[:2], XLDemoError(one_line(e))))
         with self.lock:
-            try:
-                self.connection.send_bytes(data)
-            except OSError:  # the server's end has closed: nobody is left to tell
-                pass
+            self.deliver(data)
+
+    def deliver(self, data: bytes) -> None:
+        """data as it is; the caller holds the lock."""
+        try:
+            self.connection.send_bytes(data)
+        except (OSError, ValueError):  # the other end has closed: its reader, or nobody, finds out
+            pass
 
 
 class _Events:
