@@ -71,6 +71,8 @@ def test_a_child_that_dies_fails_its_streams_and_the_next_request_gets_a_new_one
     with pytest.raises(XLDemoError, match="decoding process ended"):
         for _ in stream:
             pass
+    with pytest.raises(XLDemoError, match="decoding process ended"):
+        first.live()
     second = serving.scheduler_for(checkpoint, apart=True)
     assert second is not first
     assert list(serving.generate(checkpoint, [4], GenerationSettings(max_new_tokens=3), apart=True))[-1].reason \

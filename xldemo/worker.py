@@ -61,9 +61,12 @@ class DecodeWorker:
         answer = self._open()
         self.send("live", answer.id)
         try:
-            return answer.events.get(timeout=LIVE_WAIT_S)
+            told = answer.events.get(timeout=LIVE_WAIT_S)
         finally:
             self.streams.pop(answer.id, None)
+        if isinstance(told, Exception):  # the child has ended
+            raise told
+        return told
 
     def retire(self) -> None:
         """Ends the child once its streams are done."""
