@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xldemo.engine import GenerationSettings
-from xldemo.sampling import choose_tokens, choose_tokens_apart, filter_logits, penalize_repeats
+from xldemo.sampling import choose_tokens, choose_tokens_apart, exponential_noise, filter_logits, penalize_repeats, race
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
@@ -59,8 +59,38 @@ def test_rows_drawn_apart_are_what_each_row_draws_alone(settings):
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 3
     seen = torch.rand(4, 50, generator=torch.Generator().manual_seed(1)) < 0.2
     for draw in range(20):
-        together = choose_tokens_apart(logits, seen, settings, [torch.Generator().manual_seed(draw * 4 + i)
-                                                                for i in range(4)])
+        together = choose_tokens_apart(logits, seen, [settings] * 4, [torch.Generator().manual_seed(draw * 4 + i)
+                                                                      for i in range(4)])
         alone = [choose_tokens(logits[i:i + 1], seen[i:i + 1], settings, torch.Generator().manual_seed(draw * 4 + i))
                  for i in range(4)]
         assert together.tolist() == torch.cat(alone).tolist()
+
+
+def test_rows_with_settings_of_their_own_draw_together_as_each_alone():
+    nucleus = GenerationSettings(temperature=1.0, top_p=0.9, repetition_penalty=1.3)
+    settings = [nucleus, GenerationSettings(temperature=0), GenerationSettings(temperature=0.7, top_k=3, min_p=0.05),
+                nucleus]
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(2)) * 3
+    seen = torch.rand(4, 50, generator=torch.Generator().manual_seed(3)) < 0.2
+    for draw in range(20):
+        together = choose_tokens_apart(logits, seen, settings, [torch.Generator().manual_seed(draw * 4 + i)
+                                                                for i in range(4)])
+        alone = [choose_tokens(logits[i:i + 1], seen[i:i + 1], settings[i], torch.Generator().manual_seed(draw * 4 + i))
+                 for i in range(4)]
+        assert together.tolist() == torch.cat(alone).tolist()
+
+
+def test_the_race_draws_each_token_with_its_probability():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05]])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.cat([race(probs, exponential_noise(probs, [generator])) for _ in range(40_000)]),
+                            minlength=5)
+    # 40,000 draws: the standard error of a share is at most 0.0025, so 0.01 is four of them
+    torch.testing.assert_close(counts / counts.sum(), probs[0], atol=0.01, rtol=0)
+    assert counts[1] == 0
+
+
+def test_a_zero_draw_never_lets_a_ruled_out_token_win():
+    probs = torch.tensor([[0.6, 0.0, 0.4]])
+    assert race(probs, torch.tensor([[1.0, 0.0, 1.0]])).item() == 0  # 0 / 0 would be NaN, which argmax picks
+    assert race(probs, torch.tensor([[1.0, 1.0, 0.0]])).item() == 2  # a zero draw for a possible token: it wins
