@@ -35,7 +35,8 @@ class BatchedDecoder:
 
     name = "batched"
 
-    def __init__(self, net: TransformerWrapper, memory_slots: int | None = None):
+    def __init__(self, net: TransformerWrapper, memory_slots: int | None = None, capacity: int = 1):
+        """capacity: rows to allocate for now (more grow the buffers, copying the live rows over)."""
         self.fast = FastDecoder(net)  # the weight views, and the refusal of what the fast path does not implement
         self.seg_len, self.heads, self.dim_head = self.fast.seg_len, self.fast.heads, self.fast.dim_head
         self.rows, self.capacity, self.memory_slots = 0, 0, 0
@@ -43,7 +44,7 @@ class BatchedDecoder:
         self.offsets: list[int] = []  # per row: tokens of its current segment so far
         self.limits: list[int] = []  # per row: its mem_len
         with torch.inference_mode():  # the buffers are inference tensors, whichever call allocates them
-            self._allocate(1, net.max_mem_len if memory_slots is None else memory_slots)
+            self._allocate(capacity, net.max_mem_len if memory_slots is None else memory_slots)
 
     @torch.inference_mode()
     def add(self, tokens: torch.Tensor, mems: Memory, mem_len: int) -> torch.Tensor:
