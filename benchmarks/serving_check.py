@@ -1,6 +1,7 @@
-"""Many visitors at once through `python app.py`: each of 8 visitors' runs alone, then all 8 at once; aggregate
-throughput against one visitor's, and every result against its solo run. python -m benchmarks.serving_check
-[--visitors 8] [--new-tokens 300] [--checkpoint DIR]"""
+"""Many visitors at once through `python app.py`: in each round, each of 8 visitors' runs alone, then all 8 at once;
+aggregate throughput against one visitor's, over the rounds and in each, and every result against its solo run.
+Rounds interleave both sides, since this machine's speed drifts within a minute. python -m benchmarks.serving_check
+[--visitors 8] [--new-tokens 300] [--rounds 3] [--checkpoint DIR]"""
 
 import argparse
 import os
@@ -33,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--visitors", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     args = parser.parse_args()
     requests = visitor_requests(args.visitors, args.new_tokens)
@@ -40,30 +42,43 @@ def main() -> None:
         clients = [Client(url, verbose=False, analytics_enabled=False) for _ in requests]
         for client, request in zip(clients, requests):  # loads the checkpoint, and warms the prefix cache for both
             run(client, {**request, "max_new_tokens": 1})
-        alone = [run(client, request) for client, request in zip(clients, requests)]
-        together: list = [None] * len(requests)
-
-        def visit(i: int) -> None:
-            together[i] = run(clients[i], requests[i])
-
-        threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(requests))]
-        began = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - began
-    tokens = sum(len(ids) for ids, _ in together)
-    solo_rate = sum(len(ids) for ids, _ in alone) / sum(seconds for _, seconds in alone)
-    same = [a[0] == t[0] for a, t in zip(alone, together)]
+        rounds = [one_round(clients, requests) for _ in range(args.rounds)]
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (a shared machine: other work may run beside this)")
-    print(f"{args.checkpoint}: {len(requests)} visitors, {args.new_tokens} new tokens each, through `python app.py`")
-    print(f"one visitor at a time: {solo_rate:.0f} tokens/s (request to end, {len(requests)} runs)")
-    print(f"{len(requests)} visitors at once: {tokens / wall:.0f} tokens/s aggregate in {wall:.1f} s, per visitor "
-          f"{min(len(ids) / s for ids, s in together):.0f} to {max(len(ids) / s for ids, s in together):.0f} tokens/s")
-    print(f"aggregate / one visitor: {tokens / wall / solo_rate:.2f}x")
+    print(f"{args.checkpoint}: {len(requests)} visitors, {args.new_tokens} new tokens each, through `python app.py`, "
+          f"{args.rounds} rounds of both")
+    for i, (alone, together, wall) in enumerate(rounds, 1):
+        solo_rate, rate = rate_of(alone), sum(len(ids) for ids, _ in together) / wall
+        print(f"round {i}: one visitor at a time {solo_rate:.0f} tokens/s (request to end), {len(requests)} at once "
+              f"{rate:.0f} tokens/s aggregate in {wall:.1f} s (per visitor {min(len(ids) / s for ids, s in together):.0f}"
+              f" to {max(len(ids) / s for ids, s in together):.0f}): {rate / solo_rate:.2f}x")
+    solo_rate = rate_of([one for alone, _, _ in rounds for one in alone])
+    rate = sum(len(ids) for _, together, _ in rounds for ids, _ in together) / sum(wall for _, _, wall in rounds)
+    print(f"all rounds: one visitor {solo_rate:.0f} tokens/s, {len(requests)} at once {rate:.0f} tokens/s: "
+          f"aggregate / one visitor {rate / solo_rate:.2f}x")
+    same = [a[0] == t[0] for alone, together, _ in rounds for a, t in zip(alone, together)]
     print(f"results identical to their solo runs: {sum(same)} of {len(same)}")
+
+
+def rate_of(runs: list[tuple[list[int], float]]) -> float:
+    return sum(len(ids) for ids, _ in runs) / sum(seconds for _, seconds in runs)
+
+
+def one_round(clients: list[Client], requests: list[dict]) -> tuple[list, list, float]:
+    """(each run alone, the runs all at once, the seconds from the first start to the last end)."""
+    alone = [run(client, request) for client, request in zip(clients, requests)]
+    together: list = [None] * len(requests)
+
+    def visit(i: int) -> None:
+        together[i] = run(clients[i], requests[i])
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(requests))]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return alone, together, time.perf_counter() - began
 
 
 if __name__ == "__main__":
