@@ -132,14 +132,13 @@ class BatchedDecoder:
         return bias.expand(b, self.heads, -1).reshape(b * self.heads, 1, -1)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None):
-        """q (b, h, dh) on keys (b, h, dh, n), transposed, and values (b, h, n, dh) -> (b, h * dh). One row:
-        scaled_dot_product_attention, as the fast decoder runs it. Several: one product per row and head, batched
-        over both, which the CPU runs faster than that kernel with a mask."""
+        """q (b, h, dh) on keys (b, h, dh, n), transposed, and values (b, h, n, dh) -> (b, h * dh); bias: see _bias,
+        None where every row sees every slot. One product per row and head, batched over both: the CPU runs it faster
+        than scaled_dot_product_attention with a mask, and for one row too, since that kernel copies the transposed
+        keys to scale them (a step 8% faster, 3.51 ms against 3.83 on the shipped model)."""
         b, h, dh, n = keys.shape
-        if bias is None:
-            return F.scaled_dot_product_attention(q[:, :, None], keys.transpose(-1, -2), values).flatten(1)
-        scores = torch.baddbmm(bias, q.reshape(b * h, 1, dh), keys.reshape(b * h, dh, n),
-                               alpha=dh ** -0.5)  # (b * h, 1, n)
+        q, keys = q.reshape(b * h, 1, dh), keys.reshape(b * h, dh, n)
+        scores = torch.bmm(q, keys).mul_(dh ** -0.5) if bias is None else torch.baddbmm(bias, q, keys, alpha=dh ** -0.5)
         return torch.bmm(scores.softmax(dim=-1), values.reshape(b * h, n, dh)).view(b, h * dh)
 
     @torch.inference_mode()
