@@ -209,6 +209,7 @@ def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int) -> tu
     """Each stream's decode tokens/s, as its Finished reports it, of `streams` streams sampled at once (seeds of
     their own) from one prompt through a fresh scheduler; and the MB by which this process's peak resident memory
     grew meanwhile (the decoder's buffers among it)."""
+    before = reset_peak_rss()  # before the scheduler, which allocates the decoder's buffers for all its rows
     scheduler, finished = Scheduler(checkpoint, max_batch=streams), [None] * streams
 
     def stream(i: int) -> None:
@@ -216,7 +217,6 @@ def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int) -> tu
                                                                                temperature=1.0, seed=i))
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
-    before = reset_peak_rss()
     for thread in threads:
         thread.start()
     for thread in threads:
