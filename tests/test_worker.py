@@ -1,9 +1,11 @@
 """The shared batch in a process of its own: streams decoded in the child give the events of their solo engine runs
 (the teacher-forced logits included), several at once; closing a stream frees its row there; a child that dies
-fails its streams with a clear error and the next request gets a new one; a dropped worker's child ends."""
+fails its streams with a clear error and the next request gets a new one, unless it could not start at all; a dropped
+worker's child ends."""
 
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -13,6 +15,7 @@ import pytest
 from conftest import tiny_checkpoint, tiny_config
 from test_serving import STREAMS, assert_teacher_forced, prompt_of, same_events, settings_of, solo
 from xldemo import serving
+from xldemo import worker as worker_module
 from xldemo.engine import GenerationSettings, Token, generate
 from xldemo.errors import XLDemoError
 from xldemo.worker import DecodeWorker
@@ -105,3 +108,18 @@ def test_opening_the_page_starts_the_checkpoints_decoding_process(app_folder):
     assert time.monotonic() - began < 1  # the page does not wait for the child to start
     worker = serving._schedulers[(id(model), True)]
     assert isinstance(worker, DecodeWorker) and worker.live() == (0, 0)  # the child is up and answers
+
+
+def test_a_child_that_cannot_start_leaves_the_batch_in_the_servers_process(monkeypatch, capfd):
+    checkpoint = tiny_checkpoint()
+    monkeypatch.setattr(worker_module, "CHILD", [sys.executable, "-c", "raise SystemExit(3)"])
+    failed = serving.scheduler_for(checkpoint, apart=True)
+    assert isinstance(failed, DecodeWorker)
+    with pytest.raises(XLDemoError, match="could not start; this checkpoint now decodes in the server's process"):
+        list(failed.generate([1, 2, 3], GenerationSettings(max_new_tokens=5)))
+    assert "could not start (exit code 3)" in capfd.readouterr().err
+    fallback = serving.scheduler_for(checkpoint, apart=True)  # no new child: it would fail again
+    assert isinstance(fallback, serving.Scheduler)
+    settings = GenerationSettings(max_new_tokens=12, seed=5)
+    assert same_events(list(serving.generate(checkpoint, [1, 2, 3], settings, apart=True)),
+                       list(generate(checkpoint, [1, 2, 3], settings)))

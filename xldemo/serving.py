@@ -81,7 +81,10 @@ def scheduler_for(checkpoint: Checkpoint, apart: bool = False):
     with _registry:
         found = _schedulers.get(key)
         if found is None or found.checkpoint.model is not checkpoint.model or getattr(found, "ended", None):
-            found = _schedulers[key] = DecodeWorker(checkpoint) if apart else Scheduler(checkpoint)
+            # a child that could not start would not start the next time either: the batch stays in this process
+            failed = found is not None and found.checkpoint.model is checkpoint.model and not found.ready
+            found = DecodeWorker(checkpoint) if apart and not failed else Scheduler(checkpoint)
+            _schedulers[key] = found
         _schedulers.move_to_end(key)
         while len(_schedulers) > SCHEDULERS:
             _, dropped = _schedulers.popitem(last=False)

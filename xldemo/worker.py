@@ -4,9 +4,11 @@ take it back, which made a step there half as fast again as alone. Here the chil
 process) and the server's process only reads the events it sends back.
 
 The two talk over a socket pair in length-prefixed pickles. To the child: the checkpoint once, then ("start", id,
-prompt, settings, keep_logits), ("cancel", id) and ("live", id). Back: ("events", id, a list of events or the
-exception that ends the stream), ("released", id) once the stream has left the batch, ("live", id, (rows, waiting)).
-The child ends when the server's end closes; the server's streams fail with a clear error if the child ends first.
+prompt, settings, keep_logits), ("cancel", id) and ("live", id). Back: ("ready", None) once the checkpoint is built,
+("events", id, a list of events or the exception that ends the stream), ("released", id) once the stream has left the
+batch, ("live", id, (rows, waiting)). The child ends when the server's end closes; the server's streams fail with a
+clear error if the child ends first. A child that ends before it is ready could not start (a broken install, too
+little memory): the server says so in its log and decodes that checkpoint's batch in its own process from then on.
 
 python -m xldemo.worker FD is the child; nothing else runs it."""
 
@@ -32,6 +34,7 @@ from .errors import XLDemoError, one_line
 from .serving import CANCEL_WAIT_S, Scheduler, _Request, read_events
 
 LIVE_WAIT_S = 10  # how long live() waits for the child's answer
+CHILD = [sys.executable, "-m", "xldemo.worker"]  # then the socket's descriptor
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `-m xldemo.worker` imports from, wherever the app runs
 
 
@@ -42,12 +45,13 @@ class DecodeWorker:
         self.checkpoint = checkpoint
         ours, theirs = socket.socketpair()
         with theirs:
-            self.process = subprocess.Popen([sys.executable, "-m", "xldemo.worker", str(theirs.fileno())],
-                                            pass_fds=(theirs.fileno(),), cwd=PACKAGE_ROOT)
+            self.process = subprocess.Popen([*CHILD, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                                            cwd=PACKAGE_ROOT)
         # the socket stays for shutdown(), which wakes the reader and ends the child; the connection frames messages
         self.socket, self.connection = ours, Connection(os.dup(ours.fileno()))
         self.streams: dict[int, _Stream] = {}
         self.ids, self.send, self.retiring, self.ended = itertools.count(), _Sender(self.connection), False, None
+        self.ready = False  # the child has built the checkpoint; it ending before then is a failure to start
         self.send.lock.acquire()  # held until the checkpoint has gone, the child's first message: see _start
         threading.Thread(target=self._start, name="xldemo-worker-reader", daemon=True).start()
 
@@ -119,6 +123,9 @@ class DecodeWorker:
         try:
             while True:
                 kind, key, *rest = pickle.loads(self.connection.recv_bytes())
+                if kind == "ready":
+                    self.ready = True
+                    continue
                 stream = self.streams.get(key)
                 if stream is None:  # a stream closed while the child was still sending
                     continue
@@ -131,14 +138,28 @@ class DecodeWorker:
         except Exception:  # a message that will not unpickle: the stream it was for would wait for ever
             traceback.print_exc()
             self.process.kill()
-        self.ended = XLDemoError("The decoding process ended; try again." if not self.retiring else
-                                 "This checkpoint's decoding process was closed; try again.")
+        if self.retiring:
+            self.ended = XLDemoError("This checkpoint's decoding process was closed; try again.")
+        elif not self.ready:  # scheduler_for decodes this checkpoint in the server's process from now on
+            print(f"xldemo: the decoding process for {self.checkpoint.source} could not start (exit code "
+                  f"{self._exit_code()}); its batch runs in the server's process instead", file=sys.stderr)
+            self.ended = XLDemoError("The decoding process could not start; this checkpoint now decodes in the "
+                                     "server's process: try again.")
+        else:
+            self.ended = XLDemoError("The decoding process ended; try again.")
         for stream in list(self.streams.values()):
             stream.events.put(self.ended)
             stream.released.set()
         self.connection.close()
         self.socket.close()
         self.process.wait()
+
+
+    def _exit_code(self) -> int | None:
+        try:
+            return self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # its end of the socket closed, yet it runs: a code of None says so
+            return None
 
 
 class _Stream:
@@ -193,6 +214,7 @@ def serve(connection: Connection) -> None:
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     checkpoint = Checkpoint(model.eval(), config, tokenizer, source)
     scheduler, send, requests = Scheduler(checkpoint), _Sender(connection), {}
+    send("ready", None)
     while True:
         try:
             kind, key, *rest = pickle.loads(connection.recv_bytes())
