@@ -154,7 +154,6 @@ class DecodeWorker:
         self.socket.close()
         self.process.wait()
 
-
     def _exit_code(self) -> int | None:
         try:
             return self.process.wait(timeout=5)
