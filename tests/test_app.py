@@ -7,7 +7,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -198,8 +200,25 @@ def test_app_py_builds_the_demo_on_import_and_serves_only_when_run(app_folder):
                           env={**os.environ, "XLDEMO_CHECKPOINT": str(app_folder)})
     assert done.returncode == 0 and "built, not serving" in done.stdout, done.stderr[-2000:]
     with served_app(app_folder) as url:
+        # the default checkpoint's decoding process started with the server, before any page loaded
+        assert decoding_processes(urllib.parse.urlparse(url).port)
         page = urllib.request.urlopen(url, timeout=5).read().decode()
     assert "xldemo" in page
+
+
+def decoding_processes(port: int) -> list[int]:
+    """The pids of the decoding processes (python -m xldemo.worker) of the app served on port."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or b"xldemo.worker" not in (proc / "cmdline").read_bytes().split(b"\0"):
+                continue
+            parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]  # after the name: state, then ppid
+            if f"GRADIO_SERVER_PORT={port}".encode() in Path(f"/proc/{parent}/environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # a process that ended meanwhile
+            continue
+    return found
 
 
 def test_importing_xldemo_changes_no_process_state():
