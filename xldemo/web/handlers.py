@@ -166,12 +166,18 @@ class Handlers:
         """(model info HTML, memory slider update) for the chosen checkpoint; a bad choice is told in the info
         line, not as an error, since it fires as the user types."""
         try:
-            model = self.load(checkpoint)
+            model = self.start_decoding(checkpoint)
         except XLDemoError as e:
             return render.message_line(str(e)), gr.update()
-        if self.apart:  # its decoding process starts now, while the visitor reads the page, not at the first run
-            scheduler_for(model, apart=True)
         return render.stats_line(model_chips(model)), gr.update(maximum=model.max_mem_len, value=model.max_mem_len)
+
+    def start_decoding(self, checkpoint=None) -> Checkpoint:
+        """The checkpoint (default: the default one), its decoding process started where the batch runs apart: now,
+        while the visitor reads the page or before the server takes visitors, not at the first run."""
+        model = self.load(checkpoint)
+        if self.apart:
+            scheduler_for(model, apart=True)
+        return model
 
     @staticmethod
     @told_to_the_user

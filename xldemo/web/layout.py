@@ -6,6 +6,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..checkpoint import shipped_checkpoints
+from ..errors import XLDemoError
 from ..examples import load_examples
 from ..serving import MAX_BATCH
 from . import render
@@ -42,8 +43,12 @@ def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
 def start_decoding() -> None:
     """Starts the default checkpoint's decoding process with the server, not with the first page that loads: the
     child takes seconds to import torch, and the first visitor after a start waited for it (3.5-4.1 s from Generate
-    to the first text, against 1.5 s once the child was up)."""
-    configured_handlers().info(None)
+    to the first text, against 1.5 s once the child was up). A checkpoint that does not load starts nothing: the page
+    says why."""
+    try:
+        configured_handlers().start_decoding()
+    except XLDemoError:
+        pass
 
 
 def build_demo(default_checkpoint: str | None = None, concurrency: int | None = None) -> gr.Blocks:
