@@ -46,6 +46,13 @@ def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_
     assert worker.live() == (0, 0)
 
 
+def test_the_child_decodes_on_one_thread(worker):
+    """torch's default, a thread per core, would leave its pool's threads in the child after a stream."""
+    list(worker.generate(prompt_of(5), settings_of(5)))
+    tasks = os.listdir(f"/proc/{worker.process.pid}/task")
+    assert len(tasks) == 2, tasks  # the main thread, which reads the server's requests, and the decoding thread
+
+
 def test_closing_a_stream_frees_its_row_in_the_child_at_once(worker):
     stopped = worker.generate([1, 2, 3], GenerationSettings(max_new_tokens=4000, seed=1))
     kept_settings = replace(settings_of(4), max_new_tokens=2000)
