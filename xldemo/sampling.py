@@ -33,30 +33,45 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
 def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, settings, generator: torch.Generator) -> torch.Tensor:
     """logits (b, v) -> token ids (b,), every row drawing from generator in turn. temperature 0 is greedy: the argmax
     after the repetition penalty."""
-    return choose_tokens_apart(logits, seen, [settings] * len(logits), [generator] * len(logits))
+    return _choose(logits.float(), seen, settings, [generator] * len(logits))
 
 
 def choose_tokens_apart(logits: torch.Tensor, seen: torch.Tensor, settings: list, generators: list[torch.Generator]
                         ) -> torch.Tensor:
     """choose_tokens for rows (b, v) of independent streams: row i with settings[i], drawing from generators[i], each
     as it would alone. Rows with the same settings are filtered in one pass, and every row then draws in one."""
-    logits, chosen, groups = logits.float(), torch.empty(len(settings), dtype=torch.long), {}
+    logits, groups = logits.float(), {}
     for i, s in enumerate(settings):
         groups.setdefault((s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty), []).append(i)
-    probs, drawn = torch.empty_like(logits), []
+    if len(groups) == 1:  # no rows to pick out: the engine's case, and a batch of one
+        return _choose(logits, seen, settings[0], generators)
+    chosen, probs, drawn = torch.empty(len(settings), dtype=torch.long), torch.empty_like(logits), []
     for members in groups.values():
         s = settings[members[0]]
         penalized = penalize_repeats(logits[members], seen[members], s.repetition_penalty)
         if s.temperature == 0:
             chosen[members] = penalized.argmax(dim=-1)
         else:
-            probs[members] = filter_logits(penalized / s.temperature, s.top_k, s.top_p, s.min_p).softmax(-1)
+            probs[members] = _probabilities(penalized, s)
             drawn += members
     if len(drawn) == len(settings):
         chosen = race(probs, exponential_noise(probs, generators))
     elif drawn:
         chosen[drawn] = race(probs[drawn], exponential_noise(probs[drawn], [generators[i] for i in drawn]))
     return chosen
+
+
+def _choose(logits: torch.Tensor, seen: torch.Tensor, settings, generators: list[torch.Generator]) -> torch.Tensor:
+    """Token ids (b,) for float logits (b, v) of rows that share settings, row i drawing from generators[i]."""
+    penalized = penalize_repeats(logits, seen, settings.repetition_penalty)
+    if settings.temperature == 0:
+        return penalized.argmax(dim=-1)
+    probs = _probabilities(penalized, settings)
+    return race(probs, exponential_noise(probs, generators))
+
+
+def _probabilities(penalized: torch.Tensor, settings) -> torch.Tensor:
+    return filter_logits(penalized / settings.temperature, settings.top_k, settings.top_p, settings.min_p).softmax(-1)
 
 
 def exponential_noise(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
