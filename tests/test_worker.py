@@ -5,7 +5,6 @@ worker's child ends."""
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -45,23 +44,6 @@ def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_
         assert same_events(results[i], solo(checkpoint, i)), i
         assert_teacher_forced(checkpoint.model, prompt_of(i), settings_of(i), results[i])
     assert worker.live() == (0, 0)
-
-
-def test_the_child_decodes_on_one_thread():
-    """torch's default, a thread per core, would add its pool's threads to the child's."""
-    imported = subprocess.run([sys.executable, "-c", "import os, torch; print(len(os.listdir('/proc/self/task')))"],
-                              capture_output=True, text=True, check=True)
-    worker = DecodeWorker(tiny_checkpoint(tiny_config(seq_len=8, mem_len=13)))
-    try:
-        stream = worker.generate([1, 2, 3], GenerationSettings(max_new_tokens=4000, seed=1))
-        for _ in range(20):
-            next(stream)
-        threads = os.listdir(f"/proc/{worker.process.pid}/task")
-        stream.close()
-    finally:
-        worker.retire()
-    # those of a process that has imported torch, and the decoding thread
-    assert len(threads) == int(imported.stdout) + 1, threads
 
 
 def test_closing_a_stream_frees_its_row_in_the_child_at_once(worker):

@@ -208,9 +208,6 @@ class _Released:
 def serve(connection: Connection) -> None:
     """The child: builds the checkpoint the server sends, then starts, cancels and reports streams until the server's
     end closes."""
-    # one thread: torch's default is one per core, and its second one contends with the server's process for the
-    # other core. 8 visitors through the app: 644 tokens/s against 547, one visitor 219 against 199 (2026-11-30)
-    torch.set_num_threads(1)
     config, weights, tokenizer, source = pickle.loads(connection.recv_bytes())
     model = build_model(config)
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
