@@ -9,6 +9,7 @@ from x_transformers import Decoder, TransformerWrapper
 
 from conftest import tiny_checkpoint, tiny_config
 from xldemo.checkpoint import load_checkpoint, save_checkpoint
+from xldemo.cli import main
 from xldemo.errors import XLDemoError
 from xldemo.teacher import teacher_forced_logits
 
@@ -151,3 +152,39 @@ def test_save_refuses_unknown_dtype_and_a_config_that_does_not_fit(tmp_path):
     with pytest.raises(XLDemoError):
         save_checkpoint(checkpoint.model, tiny_config(depth=3), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_average_is_the_weighted_mean_of_every_tensor_and_keeps_the_tokenizer(tmp_path):
+    config = {**tiny_config(), "tokenizer": "vocab.json"}
+    sources = []
+    for seed in (0, 1):
+        folder = save_checkpoint(tiny_checkpoint(tiny_config(), seed=seed).model, config, tmp_path / f"ck{seed}")
+        (folder / "vocab.json").write_text(json.dumps([chr(0x4E00 + i) for i in range(config["num_tokens"])]))
+        sources.append(str(folder))
+    assert main(["average", *sources, "--weights", "1,3", "--out", str(tmp_path / "mean")]) == 0
+    states = [load_checkpoint(s).model.state_dict() for s in sources]
+    mean = load_checkpoint(tmp_path / "mean")
+    assert mean.config == load_checkpoint(sources[0]).config and mean.tokenizer.encode("\u4e07\u4e09") == [7, 9]
+    for name, tensor in mean.model.state_dict().items():
+        torch.testing.assert_close(tensor, 0.25 * states[0][name] + 0.75 * states[1][name], atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one", "two checkpoints or more"),
+    ("shapes", "differs from"),
+    ("count", "3 weights for 2 checkpoints"),
+    ("negative", "positive numbers"),
+    ("words", "--weights: comma-separated numbers"),
+    ("out", "not an empty folder"),
+])
+def test_average_refuses_what_cannot_be_averaged(tmp_path, capsys, case, message):
+    a = str(save_checkpoint(tiny_checkpoint().model, tiny_config(), tmp_path / "a"))
+    b = str(save_checkpoint(tiny_checkpoint(tiny_config(depth=3), seed=1).model, tiny_config(depth=3), tmp_path / "b")
+            if case == "shapes" else save_checkpoint(tiny_checkpoint(seed=1).model, tiny_config(), tmp_path / "b"))
+    args = {"one": [a], "shapes": [a, b], "count": [a, b, "--weights", "1,1,1"], "negative": [a, b, "--weights", "1,-1"],
+            "words": [a, b, "--weights", "half,half"], "out": [a, b, "--out", a]}[case]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "mean")]
+    assert main(["average", *args, *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "mean").exists()

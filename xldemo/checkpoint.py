@@ -1,7 +1,9 @@
 """Checkpoints: config.json, model.safetensors and any tokenizer file in a folder, from disk or the Hugging Face Hub."""
 
 import json
+import math
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from x_transformers import Decoder, TransformerWrapper
 
 from .errors import XLDemoError, one_line
-from .tokenizer import ByteTokenizer, Tokenizer, TokenizerJson, VocabTokenizer, load_tokenizer
+from .tokenizer import BYTES, ByteTokenizer, Tokenizer, TokenizerJson, VocabTokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -185,6 +187,34 @@ def save_checkpoint(model: TransformerWrapper, config: dict, folder: str | Path,
     save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+def average_checkpoints(sources: list[str], out: str | Path, weights: list[float] | None = None) -> Path:
+    """A checkpoint whose every tensor is the weighted mean of the sources' (weights: equal by default, scaled to
+    sum to 1), written to out. The sources must share one config: the mean of two fine-tunings of one model, or of a
+    model and its fine-tuning, is a model of the same shape."""
+    weights = [1.0] * len(sources) if weights is None else weights
+    if len(sources) < 2:
+        raise XLDemoError(f"averaging takes two checkpoints or more, got {len(sources)}")
+    if len(weights) != len(sources):
+        raise XLDemoError(f"{len(weights)} weights for {len(sources)} checkpoints")
+    if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights):
+        raise XLDemoError(f"weights must be positive numbers, got {', '.join(map(str, weights))}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise XLDemoError(f"{out}: already exists and is not an empty folder")
+    checkpoints = [load_checkpoint(source) for source in sources]
+    first = checkpoints[0]
+    for source, checkpoint in zip(sources[1:], checkpoints[1:]):
+        if checkpoint.config != first.config:
+            raise XLDemoError(f"{source}: its config.json differs from {sources[0]}'s: only models of one shape average")
+    total, states = sum(weights), [c.model.state_dict() for c in checkpoints]
+    first.model.load_state_dict({k: sum(w / total * state[k] for w, state in zip(weights, states)) for k in states[0]})
+    save_checkpoint(first.model, first.config, out)
+    tokenizer = first.config.get("tokenizer", BYTES)
+    if tokenizer != BYTES:  # a tokenizer file travels with the weights
+        shutil.copyfile(resolve(sources[0]) / tokenizer, out / tokenizer)
+    return out
 
 
 def read_config(path: str | Path) -> dict:

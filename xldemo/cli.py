@@ -1,4 +1,4 @@
-"""The command line: python -m xldemo {generate,train,eval,bench,import}."""
+"""The command line: python -m xldemo {generate,train,eval,bench,import,average}."""
 
 import argparse
 import dataclasses
@@ -123,6 +123,20 @@ def cmd_import(args) -> None:
     print(import_checkpoint(args.source, from_options(ImportSettings, args)))
 
 
+def cmd_average(args) -> None:
+    from .checkpoint import average_checkpoints
+
+    weights = None if args.weights is None else parse_weights(args.weights)
+    print(average_checkpoints(args.sources, args.out, weights))
+
+
+def parse_weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise XLDemoError(f"--weights: comma-separated numbers, got {text!r}") from None
+
+
 def build_parser() -> Parser:
     from .bench import BenchSettings
     from .engine import GenerationSettings
@@ -164,6 +178,12 @@ def build_parser() -> Parser:
                               "model_state_dict), a .safetensors file, or a folder accelerate saved")
     add_options(imports, ImportSettings)
     imports.set_defaults(run=cmd_import)
+    average = commands.add_parser("average", help="a checkpoint whose weights are the mean of checkpoints of one "
+                                                  "shape (a model and its fine-tunings)")
+    average.add_argument("sources", metavar="CHECKPOINT", nargs="+", help="folders or Hub repo ids, two or more")
+    average.add_argument("--weights", help="comma-separated, one per checkpoint (default: equal), scaled to sum to 1")
+    average.add_argument("--out", required=True, help="folder to write, new or empty")
+    average.set_defaults(run=cmd_average)
     return parser
 
 
