@@ -43,7 +43,7 @@ class BatchedDecoder:
         """capacity: rows to allocate for now (more grow the buffers, copying the live rows over)."""
         self.fast = FastDecoder(net)  # the weight views, and the refusal of what the fast path does not implement
         # the matrices again, laid out (in, out) in memory: with WIDE rows or more the product reads them faster
-        # (attention's reads evict them from the cache every step; 8 rows of the shipped model: a step 4-9% faster)
+        # (attention's reads evict them from the cache every step; 4 to 8 rows of the shipped model: a step 2-7% faster)
         # and gives the same bits as on the views. With fewer rows the product sums in another order (up to 4e-6
         # apart), so those steps keep the views: a stream's logits do not depend on the layout it happened to meet
         self.wide_blocks = [replace(block, **{name: getattr(block, name).contiguous() for name in WIDE_MATRICES
