@@ -207,7 +207,8 @@ def average_checkpoints(sources: list[str], out: str | Path, weights: list[float
     first = checkpoints[0]
     for source, checkpoint in zip(sources[1:], checkpoints[1:]):
         if checkpoint.config != first.config:
-            raise XLDemoError(f"{source}: its config.json differs from {sources[0]}'s: only models of one shape average")
+            raise XLDemoError(f"{source}: its config.json differs from {sources[0]}'s: only models of one shape "
+                              "average")
     total, states = sum(weights), [c.model.state_dict() for c in checkpoints]
     first.model.load_state_dict({k: sum(w / total * state[k] for w, state in zip(weights, states)) for k in states[0]})
     save_checkpoint(first.model, first.config, out)
