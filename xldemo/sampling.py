@@ -33,7 +33,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_
 def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, settings, generator: torch.Generator) -> torch.Tensor:
     """logits (b, v) -> token ids (b,), every row drawing from generator in turn. temperature 0 is greedy: the argmax
     after the repetition penalty."""
-    return _choose(logits.float(), seen, settings, [generator] * len(logits))
+    return choose_tokens_apart(logits, seen, [settings] * len(logits), [generator] * len(logits))
 
 
 def choose_tokens_apart(logits: torch.Tensor, seen: torch.Tensor, settings: list, generators: list[torch.Generator]
