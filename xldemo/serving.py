@@ -80,7 +80,7 @@ def scheduler_for(checkpoint: Checkpoint, apart: bool = False):
     key = (id(checkpoint.model), apart)
     with _registry:
         found = _schedulers.get(key)
-        if found is None or found.checkpoint.model is not checkpoint.model or getattr(found, "ended", None):
+        if found is None or found.checkpoint.model is not checkpoint.model or found.ended:
             # a child that could not start would not start the next time either: the batch stays in this process
             failed = found is not None and found.checkpoint.model is checkpoint.model and not found.ready
             found = DecodeWorker(checkpoint) if apart and not failed else Scheduler(checkpoint)
@@ -153,6 +153,8 @@ class Scheduler:
     prompt's complete segments and the memory length, so that visitors who send the same prompt share it; the row
     its prefill leaves is cached by the whole prompt and the memory length, so that the next such visitor's row is a
     copy. The thread ends when nothing is left to do and starts again with the next stream."""
+
+    ready, ended = True, None  # as a DecodeWorker says them: in this process, it has started and does not end
 
     def __init__(self, checkpoint: Checkpoint, max_batch: int = MAX_BATCH, cache_size: int = PREFIX_CACHE_SIZE,
                  prompt_cache_size: int = PROMPT_CACHE_SIZE):
