@@ -17,7 +17,7 @@ from .checkpoint import DEFAULT_CHECKPOINT, build_model, load_checkpoint, read_c
 from .decoders import DECODERS
 from .engine import GenerationSettings, Started, Token, generate
 from .errors import XLDemoError
-from .options import setting
+from .options import number_list, setting
 from .serving import Scheduler
 
 RANDOM_CONFIG = Path(__file__).resolve().parent / "configs" / "shakespeare-xl.json"
@@ -319,7 +319,7 @@ def _prompt(length: int, seed: int) -> bytes:
 
 def _sizes(text: str, name: str = "memory_prompt_bytes") -> list[int]:
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
+        sizes = number_list(text)
     except ValueError:
         sizes = [0]
     if any(s < 1 for s in sizes):

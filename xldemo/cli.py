@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import XLDemoError
-from .options import add_options, from_options
+from .options import add_options, from_options, number_list
 
 
 class Parser(argparse.ArgumentParser):
@@ -132,7 +132,7 @@ def cmd_average(args) -> None:
 
 def parse_weights(text: str) -> list[float]:
     try:
-        return [float(w) for w in text.split(",")]
+        return number_list(text, float)
     except ValueError:
         raise XLDemoError(f"--weights: comma-separated numbers, got {text!r}") from None
 

@@ -42,6 +42,12 @@ def from_options(cls, args: argparse.Namespace):
     return cls(**values)
 
 
+def number_list(text: str, kind: type = int) -> list:
+    """Comma-separated numbers, as options take them ("0,64, 256" -> [0, 64, 256]; empty parts are skipped); raises
+    ValueError where a part is not a kind. The caller says what the numbers are for, and checks their range."""
+    return [kind(part) for part in text.split(",") if part.strip()]
+
+
 def _scalar(hint) -> type:
     """int for int, int | None and tuple[int, ...]: the type argparse converts each value to."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from x_transformers import TransformerWrapper
 
 from .errors import XLDemoError
+from .options import number_list
 from .teacher import teacher_forced_logits
 
 DEFAULT_MEM_LENS = (0, 32, 64, 128, 256, 512, 1024)
@@ -44,7 +45,7 @@ def check_mem_lens(mem_lens) -> tuple[int, ...]:
     """Memory lengths as given (a sequence, or comma-separated text), each a whole number >= 0."""
     if isinstance(mem_lens, str):
         try:
-            mem_lens = [int(m) for m in mem_lens.split(",") if m.strip()]
+            mem_lens = number_list(mem_lens)
         except ValueError:
             raise XLDemoError(f"memory lengths must be comma-separated whole numbers, got {mem_lens!r}") from None
     mem_lens = tuple(mem_lens)
