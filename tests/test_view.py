@@ -72,6 +72,29 @@ def test_the_throttle_lets_an_update_through_once_per_interval_unless_forced():
     assert [i for i, due in enumerate(seen) if due] == [0, 5, 10, 13, 18, 23]
 
 
+def test_the_throttle_spaces_updates_three_times_as_far_apart_as_the_last_hand_over_took():
+    now = [0.0]
+    throttle = Throttle(every=1, clock=lambda: now[0])
+    assert throttle.due()
+    now[0] = 2.0  # the update took 2 s to hand over: the next is due 6 s after it was let through, not 1 s
+    throttle.resumed()
+    due = []
+    for t in (3.0, 5.9, 6.0):
+        now[0] = t
+        due.append(throttle.due())
+    assert due == [False, False, True]
+    now[0] = 6.1  # that one was quick: the interval is back to every
+    throttle.resumed()
+    now[0] = 6.9
+    assert not throttle.due() and throttle.due(force=True)
+    now[0] = 7.9
+    throttle.resumed()  # the forced one took 1 s: 3 s from when it went
+    now[0] = 9.8
+    assert not throttle.due()
+    now[0] = 10.0
+    assert throttle.due()
+
+
 def test_the_memory_view_carries_each_tokens_figures_from_the_engine():
     checkpoint = tiny_checkpoint(tiny_config(mem_len=8))
     prompt = list(range(65, 65 + 26)) * 2  # 52 bytes: its last segment starts at 48, memory reaches back to 40

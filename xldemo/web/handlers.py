@@ -103,6 +103,7 @@ class Handlers:
                 if throttle.due(force=run.due_now(event)):
                     run.new_segment = False
                     yield show(run)
+                    throttle.resumed()
         finally:
             if run is not None:
                 run.close()
@@ -131,6 +132,7 @@ class Handlers:
                     for run in runs:
                         run.new_segment = False
                     yield runs[0].view.html(), runs[1].view.html(), compare_status(*runs, on)
+                    throttle.resumed()
         finally:
             for run in runs:
                 run.close()

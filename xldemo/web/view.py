@@ -150,17 +150,24 @@ def detailed_from(ids: list[int], seg_len: int, mem_len: int) -> int:
 
 
 class Throttle:
-    """Says when a streamed update is due: at most every `every` seconds, unless forced."""
+    """Says when a streamed update is due: at most every `every` seconds, unless forced, and no oftener than three
+    times the last hand-over took (resumed). gradio turns each update into its message, the whole of a JSON output,
+    before it asks a run in the server's own process for more: a run whose update grows (per-token details) would
+    otherwise spend ever more of its time waiting there."""
 
     def __init__(self, every: float = UPDATE_EVERY_S, clock=time.perf_counter):
-        self.every, self.clock, self.last = every, clock, None
+        self.every, self.clock, self.last, self.away = every, clock, None, 0.0
 
     def due(self, force: bool = False) -> bool:
         now = self.clock()
-        if force or self.last is None or now - self.last >= self.every:
+        if force or self.last is None or now - self.last >= max(self.every, 3 * self.away):
             self.last = now
             return True
         return False
+
+    def resumed(self) -> None:
+        """The caller is back from handing over the update that due() let through."""
+        self.away = self.clock() - self.last
 
 
 def surprisal_views(checkpoint: Checkpoint, ids: list[int], bits_on: list[float], bits_off: list[float],
