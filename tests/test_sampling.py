@@ -1,10 +1,13 @@
 """Sampling filters against brute-force definitions, and the penalty's direction."""
 
+import random
+
 import pytest
 import torch
 
 from xldemo.engine import GenerationSettings
-from xldemo.sampling import choose_tokens, choose_tokens_apart, exponential_noise, filter_logits, penalize_repeats, race
+from xldemo.sampling import (choose_tokens, choose_tokens_apart, exponential_noise, filter_logits, filter_logits_apart,
+                             penalize_repeats, race)
 
 LOGITS = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
 
@@ -78,6 +81,17 @@ def test_rows_with_settings_of_their_own_draw_together_as_each_alone():
         alone = [choose_tokens(logits[i:i + 1], seen[i:i + 1], settings[i], torch.Generator().manual_seed(draw * 4 + i))
                  for i in range(4)]
         assert together.tolist() == torch.cat(alone).tolist()
+
+
+def test_rows_filtered_apart_in_one_pass_are_each_row_filtered_alone_to_the_bit():
+    rng = random.Random(0)
+    for trial in range(200):
+        settings = [GenerationSettings(top_k=rng.choice([0, 1, 3, 20, 50]), top_p=rng.choice([1.0, 0.95, 0.9, 0.5]),
+                                       min_p=rng.choice([0.0, 0.05, 0.2])) for _ in range(rng.randint(2, 8))]
+        logits = torch.randn(len(settings), 50, generator=torch.Generator().manual_seed(trial)) * rng.choice([1, 3, 8])
+        together = filter_logits_apart(logits, settings)
+        for i, s in enumerate(settings):  # top_p 1.0 rows included: a cumsum that rounds above 1 must drop nothing
+            assert torch.equal(together[i], filter_logits(logits[i:i + 1], s.top_k, s.top_p, s.min_p)[0]), (trial, s)
 
 
 def test_the_race_draws_each_token_with_its_probability():

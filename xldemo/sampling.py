@@ -1,12 +1,14 @@
 """From one step's logits to the next tokens: repetition penalty, temperature, top-k, top-p and min-p."""
 
+import math
+
 import torch
 
 
 def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL-style: seen tokens' positive logits are divided by penalty and negative ones multiplied.
     logits (b, v), seen (b, v) bool."""
-    if penalty == 1.0:
+    if not torch.is_tensor(penalty) and penalty == 1.0:  # penalty: a number, or a column (b, 1) of one per row
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
@@ -15,19 +17,47 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
     """Sets to -inf what top-k, top-p (nucleus) and min-p rule out; the most likely token always survives."""
     if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = _below(logits, torch.topk(logits, top_k, dim=-1).values[..., -1:])
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens more likely than it already reach top_p
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = _nucleus(logits, top_p)
     if min_p > 0.0:
-        probs = logits.softmax(dim=-1)
-        logits = logits.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
+        logits = _unlikely(logits, min_p)
     return logits
+
+
+def filter_logits_apart(logits: torch.Tensor, settings: list) -> torch.Tensor:
+    """filter_logits for rows (b, v) each with its own settings[i].top_k, top_p and min_p, in one pass for all: each
+    row comes out as filter_logits gives it alone, to the bit."""
+    v = logits.shape[-1]
+    ks = [s.top_k if 0 < s.top_k < v else v for s in settings]  # v: no filter (the least logit is the v-th)
+    if min(ks) < v:
+        kth = torch.sort(logits, dim=-1, descending=True).values.gather(-1, torch.tensor(ks)[:, None] - 1)
+        logits = _below(logits, kth)
+    if any(s.top_p < 1.0 for s in settings):  # a row without one never drops: cumsum can round above 1
+        logits = _nucleus(logits, torch.tensor([[s.top_p if s.top_p < 1.0 else math.inf] for s in settings]))
+    if any(s.min_p > 0.0 for s in settings):
+        logits = _unlikely(logits, torch.tensor([[s.min_p] for s in settings]))
+    return logits
+
+
+def _below(logits: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _nucleus(logits: torch.Tensor, top_p) -> torch.Tensor:
+    """top_p: a number, or a column (b, 1) of one per row."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # drop a token when the tokens more likely than it already reach top_p
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _unlikely(logits: torch.Tensor, min_p) -> torch.Tensor:
+    """min_p: a number, or a column (b, 1) of one per row."""
+    probs = logits.softmax(dim=-1)
+    return logits.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
 
 
 def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, settings, generator: torch.Generator) -> torch.Tensor:
@@ -39,24 +69,20 @@ def choose_tokens(logits: torch.Tensor, seen: torch.Tensor, settings, generator:
 def choose_tokens_apart(logits: torch.Tensor, seen: torch.Tensor, settings: list, generators: list[torch.Generator]
                         ) -> torch.Tensor:
     """choose_tokens for rows (b, v) of independent streams: row i with settings[i], drawing from generators[i], each
-    as it would alone. Rows with the same settings are filtered in one pass, and every row then draws in one."""
-    logits, groups = logits.float(), {}
-    for i, s in enumerate(settings):
-        groups.setdefault((s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty), []).append(i)
-    if len(groups) == 1:  # no rows to pick out: the engine's case, and a batch of one
-        return _choose(logits, seen, settings[0], generators)
-    chosen, probs, drawn = torch.empty(len(settings), dtype=torch.long), torch.empty_like(logits), []
-    for members in groups.values():
-        s = settings[members[0]]
-        penalized = penalize_repeats(logits[members], seen[members], s.repetition_penalty)
-        if s.temperature == 0:
-            chosen[members] = penalized.argmax(dim=-1)
-        else:
-            probs[members] = _probabilities(penalized, s)
-            drawn += members
+    as it would alone. Rows of different settings are filtered in one pass, their settings as columns, and every row
+    then draws in one."""
+    logits = logits.float()
+    if len({(s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty) for s in settings}) == 1:
+        return _choose(logits, seen, settings[0], generators)  # the engine's case, and a batch of one
+    penalties = [s.repetition_penalty for s in settings]
+    penalized = logits if set(penalties) == {1.0} else penalize_repeats(logits, seen, torch.tensor(penalties)[:, None])
+    temperatures = torch.tensor([[s.temperature or 1.0] for s in settings])  # greedy rows: argmax, below
+    probs = filter_logits_apart(penalized / temperatures, settings).softmax(dim=-1)
+    drawn = [i for i, s in enumerate(settings) if s.temperature != 0]
     if len(drawn) == len(settings):
-        chosen = race(probs, exponential_noise(probs, generators))
-    elif drawn:
+        return race(probs, exponential_noise(probs, generators))
+    chosen = penalized.argmax(dim=-1)
+    if drawn:
         chosen[drawn] = race(probs[drawn], exponential_noise(probs[drawn], [generators[i] for i in drawn]))
     return chosen
 
