@@ -5,10 +5,10 @@ import math
 import torch
 
 
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
     """CTRL-style: seen tokens' positive logits are divided by penalty and negative ones multiplied.
-    logits (b, v), seen (b, v) bool."""
-    if not torch.is_tensor(penalty) and penalty == 1.0:  # penalty: a number, or a column (b, 1) of one per row
+    logits (b, v), seen (b, v) bool; penalty a number, or a column (b, 1) of one per row."""
+    if not torch.is_tensor(penalty) and penalty == 1.0:
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
