@@ -200,9 +200,7 @@ def average_checkpoints(sources: list[str], out: str | Path, weights: list[float
         raise XLDemoError(f"{len(weights)} weights for {len(sources)} checkpoints")
     if not all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in weights):
         raise XLDemoError(f"weights must be positive numbers, got {', '.join(map(str, weights))}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise XLDemoError(f"{out}: already exists and is not an empty folder")
+    out = new_folder(out)
     checkpoints = [load_checkpoint(source) for source in sources]
     first = checkpoints[0]
     for source, checkpoint in zip(sources[1:], checkpoints[1:]):
@@ -215,6 +213,14 @@ def average_checkpoints(sources: list[str], out: str | Path, weights: list[float
     tokenizer = first.config.get("tokenizer", BYTES)
     if tokenizer != BYTES:  # a tokenizer file travels with the weights
         shutil.copyfile(resolve(sources[0]) / tokenizer, out / tokenizer)
+    return out
+
+
+def new_folder(out: str | Path) -> Path:
+    """out, refused unless it does not exist yet or is an empty folder: no checkpoint is written over other files."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise XLDemoError(f"--out {out}: exists and is not an empty folder")
     return out
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from x_transformers import TransformerWrapper
 
-from .checkpoint import STORAGE_DTYPES, build_model, load_checkpoint, read_config, save_checkpoint
+from .checkpoint import STORAGE_DTYPES, build_model, load_checkpoint, new_folder, read_config, save_checkpoint
 from .engine import GenerationSettings, Token, generate
 from .errors import XLDemoError, one_line
 from .options import setting
@@ -53,9 +53,7 @@ def import_checkpoint(source: str | Path, settings: ImportSettings) -> str:
         raise XLDemoError(f"{settings.config}: 'tokenizer' is no TransformerWrapper argument; give it with --tokenizer")
     tokenizer = ByteTokenizer() if settings.tokenizer == BYTES else read_tokenizer(settings.tokenizer,
                                                                                    config["num_tokens"])
-    out = Path(settings.out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise XLDemoError(f"--out {out}: exists and is not an empty folder")
+    out = new_folder(settings.out)
     state, found = read_state(source)
     model = fit(state, config)
     # written beside out and renamed into place once it works: a failed import leaves nothing behind
