@@ -3,7 +3,7 @@
 import random
 import re
 
-from xldemo.rename import generic_words, made_up_name, name_words, rename, renamed_copies
+from xldemo.rename import CAST_HEADING, CastSampler, generic_words, made_up_name, name_words, rename, renamed_copies
 from xldemo.speakers import speaker_names
 
 PLAY = b"""ACT I. SCENE I. An island.
@@ -69,3 +69,25 @@ def test_made_up_names_are_capitalised_words_of_two_or_three_syllables():
     names = [made_up_name(rng) for _ in range(200)]
     assert all(re.fullmatch(r"[A-Z][a-z]{3,}", name) for name in names)
     assert len(set(names)) > 190
+
+
+def test_cast_samples_open_with_every_speaker_they_hold_and_carry_made_up_names_only():
+    plays = {"tempest.txt": PLAY * 6, "other.txt": PLAY.replace(b"PROSPERO", b"ANTONIO").replace(b"Prospero",
+                                                                                          b"Antonio") * 6}
+    sampler, rng = CastSampler(plays), random.Random(7)
+    samples = [sampler.sample(300, rng).decode("latin-1") for _ in range(40)]
+    assert {len(s) for s in samples} == {300}
+    real = {"PROSPERO", "MIRANDA", "MACBETH", "ANTONIO", "Prospero", "Miranda", "Macbeth", "Antonio"}
+    drawn = set()
+    for sample in samples:
+        heading, rest = sample.split("\n\n", 1)
+        cast, body = rest.split("\n\n\n", 1)
+        # in the order they first speak; the cast may go on with names whose speeches the sample's end cut off
+        speakers = list(dict.fromkeys(speaker_names(body)))
+        assert heading == CAST_HEADING and speakers and cast.split("\n")[:len(speakers)] == speakers
+        assert not real & set(re.findall(r"[A-Za-z]+", sample))  # renamed wherever they stand, speaking or not
+        assert "FIRST LORD" in cast.split("\n") or "FIRST LORD" not in body  # roles kept, and listed when they speak
+        drawn |= {name for name in cast.split("\n") if name != "FIRST LORD"}
+    assert len(drawn) > 60  # fresh names for every sample, not one draw per play
+    again = CastSampler(plays)
+    assert [again.sample(300, random.Random(7)) for _ in range(2)] == [sampler.sample(300, random.Random(7))] * 2

@@ -17,10 +17,11 @@ from conftest import tiny_config
 from xldemo import XLDemoError, build_model, load_checkpoint, save_checkpoint
 from xldemo.checkpoint import CONFIG_FILE, DEFAULT_CHECKPOINT, WEIGHTS_FILE
 from xldemo.data import DEFAULT_CACHE, SEPARATOR, load_split, prepare, train_plays, training_text
-from xldemo.rename import generic_words, name_words
+from xldemo.rename import CastSampler, generic_words, name_words
 from xldemo.speakers import speaker_names
 from xldemo.teacher import bits_per_token
-from xldemo.train import MODEL_CONFIGS, TrainSettings, learning_rate, train, training_corpus
+from xldemo.train import (MODEL_CONFIGS, TrainSettings, learning_rate, sample_batch, train, training_corpus,
+                          with_cast_samples)
 
 TINY = tiny_config(seq_len=32, mem_len=32)
 
@@ -132,6 +133,24 @@ def test_renamed_copies_follow_the_training_text_and_speak_with_made_up_names_on
     real = set().union(*map(name_words, plays.values())) - generic_words(plays)
     names = speaker_names(copies)
     assert len(names) > 10_000 and not {w for name in names for w in name.split()} & real
+
+
+def test_cast_samples_take_their_share_of_each_batch_and_replay_with_the_step(tmp_path):
+    folder = prepare(DEFAULT_CACHE)
+    data = torch.frombuffer(bytearray(training_text(folder)), dtype=torch.uint8)
+    casts = CastSampler(train_plays(DEFAULT_CACHE))
+    s = settings(tmp_path, cast_samples=0.5, batch_size=4)
+    plain = sample_batch(data, 513, 4, s.seed, 3, 0)
+    mixed = with_cast_samples(plain, casts, s, 3, 0)
+    assert mixed.shape == plain.shape and mixed.dtype == plain.dtype and torch.equal(mixed[:2], plain[:2])
+    assert all(bytes(row.tolist()).startswith(b"PERSONS REPRESENTED\n\n") for row in mixed[2:])
+    assert torch.equal(mixed, with_cast_samples(plain, casts, s, 3, 0))  # resuming replays the same samples
+    assert not torch.equal(mixed[2:], with_cast_samples(plain, casts, s, 4, 0)[2:])
+    assert torch.equal(with_cast_samples(plain, casts, replace(s, cast_samples=0.1), 3, 0), plain)  # rounds to none
+    whole = with_cast_samples(plain, casts, replace(s, cast_samples=1.0), 3, 0)
+    assert all(bytes(row.tolist()).startswith(b"PERSONS REPRESENTED\n\n") for row in whole)
+    with pytest.raises(XLDemoError, match="cast samples must be a share from 0 to 1, got 1.5"):
+        train(replace(s, cast_samples=1.5, steps=1), progress=False)
 
 
 def test_the_memory_config_is_the_shipped_shape_with_a_memory_of_two_segments():

@@ -10,7 +10,7 @@ import random
 import re
 from collections import Counter
 
-from .speakers import GENERIC_MIN_PLAYS, cast, generic_names
+from .speakers import GENERIC_MIN_PLAYS, cast, generic_names, speaker_names
 
 # made-up names are drawn from these syllables: pronounceable, capitalised like the plays' own names
 ONSETS = ("b", "c", "d", "f", "g", "l", "m", "n", "p", "r", "s", "t", "v", "br", "cl", "fl", "gr", "st", "tr")
@@ -40,9 +40,15 @@ def generic_words(plays: dict[str, bytes], min_plays: int = GENERIC_MIN_PLAYS) -
 def rename(play: bytes, keep: frozenset[str], rng: random.Random) -> bytes:
     """play with every word of its cast's names outside keep replaced, in capitals (`PROSPERO.`) and in title case
     (`Prospero's`), by a made-up name drawn from rng: the same one throughout the play, a different one per word."""
-    words = sorted(name_words(play) - keep)
+    return rename_words(play, name_words(play) - keep, rng)
+
+
+def rename_words(text: bytes, words, rng: random.Random) -> bytes:
+    """text with each of words (upper case) replaced as rename does: a part of a play is renamed with the words of
+    its whole play's cast, names mentioned but not speaking in that part included."""
+    words = sorted(words)
     if not words:
-        return play
+        return text
     taken, mapping = set(), {}
     for word in words:
         new = made_up_name(rng)
@@ -53,7 +59,7 @@ def rename(play: bytes, keep: frozenset[str], rng: random.Random) -> bytes:
         mapping[word.capitalize()] = new
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(mapping, key=len, reverse=True))) + r")\b")
     # latin-1 maps byte to character one to one, so the text comes back as the same bytes where nothing is renamed
-    return pattern.sub(lambda m: mapping[m.group(1)], play.decode("latin-1")).encode("latin-1")
+    return pattern.sub(lambda m: mapping[m.group(1)], text.decode("latin-1")).encode("latin-1")
 
 
 def renamed_copies(plays: dict[str, bytes], copies: int, seed: int) -> list[bytes]:
@@ -61,3 +67,30 @@ def renamed_copies(plays: dict[str, bytes], copies: int, seed: int) -> list[byte
     keep = generic_words(plays)
     rng = random.Random(seed)
     return [rename(plays[name], keep, rng) for _ in range(copies) for name in sorted(plays)]
+
+
+CAST_HEADING = "PERSONS REPRESENTED"  # as the modern editions open their casts
+
+
+class CastSampler:
+    """Crops of the training plays renamed afresh for each sample and opened by their cast: the heading, then every
+    name that speaks in the crop, one a line, as a play lists its persons. In renamed copies a name's first speech
+    cannot be predicted, so training there rewards inventing names (a model fine-tuned on them wrote made-up names for
+    34 of 80 speeches); here every name can be read earlier in the sample, and only reading it pays."""
+
+    def __init__(self, plays: dict[str, bytes]):
+        keep = generic_words(plays)
+        self.plays = [plays[name] for name in sorted(plays)]
+        self.words = [name_words(play) - keep for play in self.plays]
+
+    def sample(self, length: int, rng: random.Random) -> bytes:
+        """length bytes: a crop of a play drawn by its length, starting at a line, renamed and opened by its cast."""
+        index = rng.choices(range(len(self.plays)), weights=[len(play) for play in self.plays])[0]
+        play = self.plays[index]
+        span = 2 * length  # room for the cast and for made-up names longer than the ones they replace
+        start = rng.randrange(max(1, len(play) - span))
+        start = play.find(b"\n", start) + 1  # 0 if no line ends after start
+        text = rename_words(play[start:start + span], self.words[index], rng).decode("latin-1")
+        names = dict.fromkeys(speaker_names(text[:length]))  # in order of first speech
+        opening = "\n".join([CAST_HEADING, "", *names, "", "", ""])
+        return (opening + text).encode("latin-1")[:length].ljust(length, b"\n")

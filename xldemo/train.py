@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ from .checkpoint import Checkpoint, build_model, load_checkpoint, read_config, s
 from .data import DEFAULT_CACHE, MODERN, SEPARATOR, VALIDATION_PLAY, load_split, prepare, train_plays, training_text
 from .errors import XLDemoError
 from .options import setting
-from .rename import renamed_copies
+from .rename import CastSampler, renamed_copies
 from .speakers import SpeakerSettings, speaker_measure, speaking_plays
 from .teacher import bits_per_token
 from .tokenizer import ByteTokenizer
@@ -39,6 +40,9 @@ class TrainSettings:
     renamed_copies: int = setting(0, "also train on this many copies of the training plays (modern editions) with "
                                      "their characters renamed, made-up names drawn afresh for each copy, so that a "
                                      "speaker's name must be read from context rather than recalled", metavar="N")
+    cast_samples: float = setting(0.0, "share of each batch made of crops of the training plays (modern editions) "
+                                       "renamed afresh for each and opened by their cast, so that every speaker's name "
+                                       "can be read earlier in the sample", metavar="SHARE")
     steps: int = setting(1200, "optimizer steps in all, counting those of a resumed run")
     batch_size: int = setting(8, "samples per step (per process under torchrun)")
     segments: int = setting(4, "segments per sample, so that memory is learned across boundaries")
@@ -93,6 +97,17 @@ def sample_batch(data: torch.Tensor, length: int, batch_size: int, seed: int, st
     return torch.stack([data[i:i + length] for i in starts.tolist()]).long()
 
 
+def with_cast_samples(batch: torch.Tensor, casts: CastSampler, s: TrainSettings, step: int, rank: int) -> torch.Tensor:
+    """batch with its last round(s.cast_samples * rows) rows made by casts instead; as sample_batch, a pure function
+    of (seed, step, rank)."""
+    count = round(s.cast_samples * len(batch))
+    if not count:
+        return batch
+    rng = random.Random(f"cast samples {s.seed} {step} {rank}")  # a string seeds alike in every process
+    rows = [torch.frombuffer(bytearray(casts.sample(batch.shape[1], rng)), dtype=torch.uint8) for _ in range(count)]
+    return torch.cat([batch[:len(batch) - count], torch.stack(rows).long()])
+
+
 @torch.no_grad()
 def validation_bpb(net, data: torch.Tensor, nbytes: int) -> float:
     net.eval()
@@ -126,6 +141,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not 0 <= s.cast_samples <= 1:
+        raise XLDemoError(f"cast samples must be a share from 0 to 1, got {s.cast_samples!r}")
     if s.bf16 not in ("auto", "on", "off"):
         raise XLDemoError(f"bf16 must be auto, on or off, got {s.bf16!r}")
     use_bf16 = s.bf16 == "on" or (s.bf16 == "auto" and (device.type == "cuda" or cpu_has_amx()))
@@ -150,6 +167,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     train_data = torch.frombuffer(bytearray(training_corpus(s, folder)), dtype=torch.uint8)
     val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
     trained = speaking_plays(train_plays(Path(s.data))) if s.speaker_prompts else None
+    casts = CastSampler(train_plays(Path(s.data))) if s.cast_samples else None
     length = s.segments * config["max_seq_len"] + 1
     tokens_per_step = s.batch_size * (length - 1) * world
 
@@ -162,7 +180,10 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     while step < s.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, s)
-        batch = sample_batch(train_data, length, s.batch_size, s.seed, step, rank).to(device)
+        batch = sample_batch(train_data, length, s.batch_size, s.seed, step, rank)
+        if casts is not None:
+            batch = with_cast_samples(batch, casts, s, step, rank)
+        batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = trainer(batch)
         loss.backward()
