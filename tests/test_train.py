@@ -149,8 +149,15 @@ def test_cast_samples_take_their_share_of_each_batch_and_replay_with_the_step(tm
     assert torch.equal(with_cast_samples(plain, casts, replace(s, cast_samples=0.1), 3, 0), plain)  # rounds to none
     whole = with_cast_samples(plain, casts, replace(s, cast_samples=1.0), 3, 0)
     assert all(bytes(row.tolist()).startswith(b"PERSONS REPRESENTED\n\n") for row in whole)
+    short = with_cast_samples(plain, casts, replace(s, cast_segments=1), 3, 0)  # segments of 256: two casts a row
+    for row in short[2:]:
+        text = bytes(row.tolist())
+        assert len(text) == 513 and text.startswith(b"PERSONS REPRESENTED\n\n")
+        assert text.find(b"PERSONS REPRESENTED", 1) == 256
     with pytest.raises(XLDemoError, match="cast samples must be a share from 0 to 1, got 1.5"):
         train(replace(s, cast_samples=1.5, steps=1), progress=False)
+    with pytest.raises(XLDemoError, match=r"cast segments must be from 0 to --segments \(2\), got 3"):
+        train(replace(s, cast_segments=3, steps=1), progress=False)
 
 
 def test_the_memory_config_is_the_shipped_shape_with_a_memory_of_two_segments():

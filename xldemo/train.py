@@ -43,6 +43,8 @@ class TrainSettings:
     cast_samples: float = setting(0.0, "share of each batch made of crops of the training plays (modern editions) "
                                        "renamed afresh for each and opened by their cast, so that every speaker's name "
                                        "can be read earlier in the sample", metavar="SHARE")
+    cast_segments: int = setting(0, "segments per cast sample, several to a row (its cast then stays within a "
+                                    "boundary or two of each name); 0: one cast sample a row", metavar="N")
     steps: int = setting(1200, "optimizer steps in all, counting those of a resumed run")
     batch_size: int = setting(8, "samples per step (per process under torchrun)")
     segments: int = setting(4, "segments per sample, so that memory is learned across boundaries")
@@ -98,13 +100,17 @@ def sample_batch(data: torch.Tensor, length: int, batch_size: int, seed: int, st
 
 
 def with_cast_samples(batch: torch.Tensor, casts: CastSampler, s: TrainSettings, step: int, rank: int) -> torch.Tensor:
-    """batch with its last round(s.cast_samples * rows) rows made by casts instead; as sample_batch, a pure function
-    of (seed, step, rank)."""
+    """batch with its last round(s.cast_samples * rows) rows made by casts instead, each of one cast sample or, with
+    s.cast_segments, of cast samples that long one after another; as sample_batch, a pure function of (seed, step,
+    rank)."""
     count = round(s.cast_samples * len(batch))
     if not count:
         return batch
     rng = random.Random(f"cast samples {s.seed} {step} {rank}")  # a string seeds alike in every process
-    rows = [torch.frombuffer(bytearray(casts.sample(batch.shape[1], rng)), dtype=torch.uint8) for _ in range(count)]
+    length = batch.shape[1]
+    piece = s.cast_segments * (length - 1) // s.segments if s.cast_segments else length
+    rows = [torch.frombuffer(bytearray(b"".join(casts.sample(piece, rng) for _ in range(-(-length // piece)))[:length]),
+                             dtype=torch.uint8) for _ in range(count)]
     return torch.cat([batch[:len(batch) - count], torch.stack(rows).long()])
 
 
@@ -143,6 +149,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if not 0 <= s.cast_samples <= 1:
         raise XLDemoError(f"cast samples must be a share from 0 to 1, got {s.cast_samples!r}")
+    if not 0 <= s.cast_segments <= s.segments:
+        raise XLDemoError(f"cast segments must be from 0 to --segments ({s.segments}), got {s.cast_segments!r}")
     if s.bf16 not in ("auto", "on", "off"):
         raise XLDemoError(f"bf16 must be auto, on or off, got {s.bf16!r}")
     use_bf16 = s.bf16 == "on" or (s.bf16 == "auto" and (device.type == "cuda" or cpu_has_amx()))
