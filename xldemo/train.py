@@ -109,9 +109,9 @@ def with_cast_samples(batch: torch.Tensor, casts: CastSampler, s: TrainSettings,
     rng = random.Random(f"cast samples {s.seed} {step} {rank}")  # a string seeds alike in every process
     length = batch.shape[1]
     piece = s.cast_segments * (length - 1) // s.segments if s.cast_segments else length
-    rows = [torch.frombuffer(bytearray(b"".join(casts.sample(piece, rng) for _ in range(-(-length // piece)))[:length]),
-                             dtype=torch.uint8) for _ in range(count)]
-    return torch.cat([batch[:len(batch) - count], torch.stack(rows).long()])
+    pieces = -(-length // piece)  # cast samples enough to fill a row
+    rows = [b"".join(casts.sample(piece, rng) for _ in range(pieces))[:length] for _ in range(count)]
+    return torch.cat([batch[:len(batch) - count], torch.tensor([list(row) for row in rows])])
 
 
 @torch.no_grad()
