@@ -59,10 +59,11 @@ def test_a_few_steps_lower_the_loss(tmp_path):
         load_checkpoint(tmp_path / "run" / "model").model, text[:, :1024]).mean().item(), abs=1e-4)
 
 
-def test_resuming_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("casts", [{}, {"cast_samples": 0.5, "cast_segments": 1}], ids=["plain", "cast samples"])
+def test_resuming_matches_an_uninterrupted_run(tmp_path, casts):
     # warmup covers every step, so the learning rate does not depend on the number of steps asked for
-    straight = settings(tmp_path / "straight", steps=6, warmup_steps=100)
-    stopped = settings(tmp_path / "stopped", steps=3, warmup_steps=100)
+    straight = settings(tmp_path / "straight", steps=6, warmup_steps=100, **casts)
+    stopped = settings(tmp_path / "stopped", steps=3, warmup_steps=100, **casts)
     train(straight, progress=False)
     train(stopped, progress=False)
     train(replace(stopped, steps=6), progress=False)
@@ -72,6 +73,10 @@ def test_resuming_matches_an_uninterrupted_run(tmp_path):
     weights = [load_file(tmp_path / run / "run" / "model" / WEIGHTS_FILE) for run in ("straight", "stopped")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    if casts:  # and the cast samples did reach the model: the same seed without them gives another first loss
+        train(settings(tmp_path / "plain", steps=1, warmup_steps=100), progress=False)
+        plain = json.loads((tmp_path / "plain" / "run" / "state.json").read_text())["log"]
+        assert plain[0]["loss"] != logs[0][0]["loss"]
 
 
 def test_fine_tuning_starts_from_the_checkpoint_logs_its_figures_and_resumes_exactly(tmp_path):

@@ -174,8 +174,9 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     folder = prepare(Path(s.data))
     train_data = torch.frombuffer(bytearray(training_corpus(s, folder)), dtype=torch.uint8)
     val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
-    trained = speaking_plays(train_plays(Path(s.data))) if s.speaker_prompts else None
-    casts = CastSampler(train_plays(Path(s.data))) if s.cast_samples else None
+    plays = train_plays(Path(s.data)) if s.speaker_prompts or s.cast_samples else None  # read from the archive once
+    trained = speaking_plays(plays) if s.speaker_prompts else None
+    casts = CastSampler(plays) if s.cast_samples else None
     length = s.segments * config["max_seq_len"] + 1
     tokens_per_step = s.batch_size * (length - 1) * world
 
