@@ -5,11 +5,14 @@ import math
 import torch
 
 
-def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float | list[float]) -> torch.Tensor:
     """CTRL-style: seen tokens' positive logits are divided by penalty and negative ones multiplied.
-    logits (b, v), seen (b, v) bool; penalty a number, or a column (b, 1) of one per row."""
-    if not torch.is_tensor(penalty) and penalty == 1.0:
+    logits (b, v), seen (b, v) bool; penalty a number, or a list of one per row."""
+    per_row = isinstance(penalty, list)
+    if all(p == 1.0 for p in (penalty if per_row else [penalty])):
         return logits
+    if per_row:
+        penalty = torch.tensor(penalty)[:, None]
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
 
@@ -74,8 +77,7 @@ def choose_tokens_apart(logits: torch.Tensor, seen: torch.Tensor, settings: list
     logits = logits.float()
     if len({(s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty) for s in settings}) == 1:
         return _choose(logits, seen, settings[0], generators)  # the engine's case, and a batch of one
-    penalties = [s.repetition_penalty for s in settings]
-    penalized = logits if set(penalties) == {1.0} else penalize_repeats(logits, seen, torch.tensor(penalties)[:, None])
+    penalized = penalize_repeats(logits, seen, [s.repetition_penalty for s in settings])
     temperatures = torch.tensor([[s.temperature or 1.0] for s in settings])  # greedy rows: argmax, below
     probs = filter_logits_apart(penalized / temperatures, settings).softmax(dim=-1)
     drawn = [i for i, s in enumerate(settings) if s.temperature != 0]
