@@ -62,14 +62,17 @@ def visit(url: str, role: str, prompt: str, inputs: dict, results: dict, i: int)
         results[i] = e
 
 
-def rss(worker) -> int:
-    """The server's resident memory: this process's and its decoding process's."""
+def rss(pool) -> int:
+    """The server's resident memory: this process's and its decoding processes'."""
     gc.collect()
-    return resident_bytes() + resident_bytes(worker.process.pid)
+    return resident_bytes() + sum(resident_bytes(worker.process.pid) for worker in pool.workers)
 
 
 def test_sixteen_clients_good_cancelling_and_bad_all_get_their_answer(busy_app_url, app_folder):
-    scheduler = serving.scheduler_for(sources.cached_checkpoint(str(app_folder)), apart=True)  # the app's
+    from xldemo.web.layout import configured_handlers
+
+    processes = configured_handlers(str(app_folder)).processes
+    scheduler = serving.scheduler_for(sources.cached_checkpoint(str(app_folder)), processes)  # the app's
     clients, results = plan(), {}
     assert len(clients) == CLIENTS
     warm = [threading.Thread(target=visit, args=(busy_app_url, *clients[i][:3], {}, i)) for i in range(8)]

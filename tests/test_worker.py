@@ -1,7 +1,7 @@
-"""The shared batch in a process of its own: streams decoded in the child give the events of their solo engine runs
-(the teacher-forced logits included), several at once; closing a stream frees its row there; a child that dies
-fails its streams with a clear error and the next request gets a new one, unless it could not start at all; a dropped
-worker's child ends."""
+"""The shared batches in processes of their own: streams decoded in a child give the events of their solo engine runs
+(the teacher-forced logits included), several at once; closing a stream frees its row there; a pool of children
+spreads streams over them, a prompt back to the child that lately took it; a child that dies fails its streams with a
+clear error and the next request gets a new pool, unless it could not start at all; a dropped worker's child ends."""
 
 import os
 import signal
@@ -18,7 +18,7 @@ from xldemo import serving
 from xldemo import worker as worker_module
 from xldemo.engine import GenerationSettings, Token, generate
 from xldemo.errors import XLDemoError
-from xldemo.worker import DecodeWorker
+from xldemo.worker import DecodePool, DecodeWorker
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +64,73 @@ def test_closing_a_stream_frees_its_row_in_the_child_at_once(worker):
     assert time.monotonic() - began < 1 and worker.live() == (0, 0)
 
 
+def test_a_pool_spreads_streams_over_its_children_and_sends_a_prompt_back_to_the_child_that_took_it(worker):
+    pool = DecodePool(worker.checkpoint, 2)
+    try:
+        long = GenerationSettings(max_new_tokens=4000, seed=1)
+
+        def started(prompt):
+            stream = pool.generate(prompt, long)
+            next(e for e in stream if isinstance(e, Token))
+            return stream
+
+        def rows():
+            return [w.live()[0] for w in pool.workers]
+
+        a, b = list(range(1, 12)), list(range(20, 29))  # each with a complete segment (8), whose warm-up a child caches
+        first, second = started(a), started(b)
+        assert rows() == [1, 1]  # one to each child
+        again = started(a)
+        assert rows() == [2, 1]  # back where a went
+        third = started([6])  # within its first segment: to whichever has fewer
+        assert rows() == [2, 2]
+        more = [started(a), started(a), started(a)]
+        assert rows() == [5, 2]  # a to its child while it has at most two streams more than the other
+        more.append(started(a))
+        assert rows() == [5, 3]  # else to the other
+        for stream in (first, second, again, third, *more):
+            stream.close()
+        assert rows() == [0, 0] and pool.streams == [0, 0]
+        # each stream as alone, on whichever child it lands
+        results = {}
+
+        def visitor(i):
+            results[i] = list(pool.generate(prompt_of(i), settings_of(i), keep_logits=True))
+
+        threads = [threading.Thread(target=visitor, args=(i,)) for i in range(len(STREAMS))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for i in range(len(STREAMS)):
+            assert same_events(results[i], solo(pool.checkpoint, i)), i
+            assert_teacher_forced(pool.checkpoint.model, prompt_of(i), settings_of(i), results[i])
+    finally:
+        pool.retire()
+
+
 def test_a_child_that_dies_fails_its_streams_and_the_next_request_gets_a_new_one():
     checkpoint = tiny_checkpoint()
-    first = serving.scheduler_for(checkpoint, apart=True)
-    assert isinstance(first, DecodeWorker)
-    stream = serving.generate(checkpoint, [1, 2, 3], GenerationSettings(max_new_tokens=4000), apart=True)
+    first = serving.scheduler_for(checkpoint, 2)
+    assert isinstance(first, DecodePool) and len(first.workers) == 2
+    dying, other = first.workers
+    stream = serving.generate(checkpoint, [1, 2, 3], GenerationSettings(max_new_tokens=4000), processes=2)
     next(e for e in stream if isinstance(e, Token))
-    os.kill(first.process.pid, signal.SIGKILL)
+    assert dying.live() == (1, 0)  # the first stream went to the first child
+    kept = serving.generate(checkpoint, [5, 6], GenerationSettings(max_new_tokens=40, seed=2), processes=2)
+    next(kept)
+    os.kill(dying.process.pid, signal.SIGKILL)
     with pytest.raises(XLDemoError, match="decoding process ended"):
         for _ in stream:
             pass
     with pytest.raises(XLDemoError, match="decoding process ended"):
         first.live()
-    second = serving.scheduler_for(checkpoint, apart=True)
+    second = serving.scheduler_for(checkpoint, 2)
     assert second is not first
-    assert list(serving.generate(checkpoint, [4], GenerationSettings(max_new_tokens=3), apart=True))[-1].reason \
+    assert list(serving.generate(checkpoint, [4], GenerationSettings(max_new_tokens=3), processes=2))[-1].reason \
         == "length"
+    assert list(kept)[-1].reason == "length"  # the other child of the dead one's pool finishes its stream, then ends
+    assert other.process.wait(timeout=30) == 0
     second.retire()
 
 
@@ -99,27 +150,27 @@ def test_a_retired_worker_finishes_its_stream_then_its_child_ends():
 def test_opening_the_page_starts_the_checkpoints_decoding_process(app_folder):
     from xldemo.web.handlers import Handlers
 
-    handlers = Handlers(str(app_folder), apart=True)
+    handlers = Handlers(str(app_folder), processes=2)
     model = handlers.load(None).model
     for key in [k for k in serving._schedulers if k[0] == id(model)]:
         serving._schedulers.pop(key).retire()
     began = time.monotonic()
     handlers.info(None)  # what the page's load event runs
     assert time.monotonic() - began < 1  # the page does not wait for the child to start
-    worker = serving._schedulers[(id(model), True)]
-    assert isinstance(worker, DecodeWorker) and worker.live() == (0, 0)  # the child is up and answers
+    pool = serving._schedulers[(id(model), 2)]
+    assert isinstance(pool, DecodePool) and [worker.live() for worker in pool.workers] == [(0, 0)] * 2  # both answer
 
 
 def test_a_child_that_cannot_start_leaves_the_batch_in_the_servers_process(monkeypatch, capfd):
     checkpoint = tiny_checkpoint()
     monkeypatch.setattr(worker_module, "CHILD", [sys.executable, "-c", "raise SystemExit(3)"])
-    failed = serving.scheduler_for(checkpoint, apart=True)
-    assert isinstance(failed, DecodeWorker)
+    failed = serving.scheduler_for(checkpoint, 1)
+    assert isinstance(failed, DecodePool)
     with pytest.raises(XLDemoError, match="could not start; this checkpoint now decodes in the server's process"):
         list(failed.generate([1, 2, 3], GenerationSettings(max_new_tokens=5)))
     assert "could not start (exit code 3)" in capfd.readouterr().err
-    fallback = serving.scheduler_for(checkpoint, apart=True)  # no new child: it would fail again
+    fallback = serving.scheduler_for(checkpoint, 1)  # no new child: it would fail again
     assert isinstance(fallback, serving.Scheduler)
     settings = GenerationSettings(max_new_tokens=12, seed=5)
-    assert same_events(list(serving.generate(checkpoint, [1, 2, 3], settings, apart=True)),
+    assert same_events(list(serving.generate(checkpoint, [1, 2, 3], settings, processes=1)),
                        list(generate(checkpoint, [1, 2, 3], settings)))

@@ -21,7 +21,8 @@ from .fast import unsupported_reason
 from .memory import warm_up_memory
 from .sampling import choose_tokens_apart
 
-MAX_BATCH = 8  # streams decoded at once per checkpoint; more wait for a row
+MAX_BATCH = 8  # streams decoded at once per checkpoint's batch; more wait for a row
+MAX_PROCESSES = 4  # a server's decoding processes per checkpoint, at most, by default (see default_processes)
 PREFIX_CACHE_SIZE = 8  # warmed-up prompt memories kept per checkpoint, least recently used dropped first
 # whole prompts' rows as their prefill leaves them (up to 12 MB each for the shipped model), kept likewise: a
 # visitor who sends a prompt seen lately (an example) starts decoding at once, with no arithmetic for the prompt
@@ -47,14 +48,26 @@ def _stop_schedulers() -> None:
 
 
 def generate(checkpoint: Checkpoint, prompt_ids, settings: GenerationSettings | None = None,
-             keep_logits: bool = False, apart: bool = False):
+             keep_logits: bool = False, processes: int = 0):
     """engine.generate's events and tokens, the stream decoded in its checkpoint's shared batch where the batched
-    decoder can run it, else by engine.generate itself. apart: the batch decoded in a process of its own (a
-    server's choice: see worker.py)."""
+    decoder can run it, else by engine.generate itself. processes: 0 decodes the batch in this process, n in n
+    processes of their own, each with its own batch (a server's choice: see worker.py)."""
     settings = settings or GenerationSettings()
     if batched_unsupported(checkpoint, settings) is not None:
         return engine_generate(checkpoint, prompt_ids, settings, keep_logits)
-    return scheduler_for(checkpoint, apart).generate(prompt_ids, settings, keep_logits)
+    return scheduler_for(checkpoint, processes).generate(prompt_ids, settings, keep_logits)
+
+
+def default_processes() -> int:
+    """Decoding processes for a server: one per core torch would use, at most MAX_PROCESSES. A batch's step runs on
+    one core faster than on two (see Scheduler._loop), so a second core serves visitors best as a second batch."""
+    return max(1, min(MAX_PROCESSES, torch.get_num_threads()))
+
+
+def process_threads(processes: int) -> int:
+    """torch threads for each of a server's decoding processes: the cores torch would use, less one for the server's
+    own threads, shared out; at least one."""
+    return max(1, (torch.get_num_threads() - 1) // max(1, processes))
 
 
 def batched_unsupported(checkpoint: Checkpoint, settings: GenerationSettings) -> str | None:
@@ -71,24 +84,26 @@ def batched_unsupported(checkpoint: Checkpoint, settings: GenerationSettings) ->
     return _reasons[net]
 
 
-def scheduler_for(checkpoint: Checkpoint, apart: bool = False):
-    """The scheduler of checkpoint's model (apart: a worker.DecodeWorker, its scheduler in a child process), made on
-    first use; the least recently used beyond SCHEDULERS are dropped (one still serving finishes its streams
-    first)."""
-    from .worker import DecodeWorker  # worker builds on this module
+def scheduler_for(checkpoint: Checkpoint, processes: int = 0):
+    """The scheduler of checkpoint's model, made on first use: a Scheduler in this process, or for processes >= 1 a
+    worker.DecodePool of that many child processes. The least recently used beyond SCHEDULERS are dropped (one still
+    serving finishes its streams first)."""
+    from .worker import DecodePool  # worker builds on this module
 
-    key = (id(checkpoint.model), apart)
+    key = (id(checkpoint.model), processes)
     with _registry:
         found = _schedulers.get(key)
         if found is None or found.checkpoint.model is not checkpoint.model or found.ended:
             # a child that could not start would not start the next time either: the batch stays in this process
             failed = found is not None and found.checkpoint.model is checkpoint.model and not found.ready
-            found = DecodeWorker(checkpoint) if apart and not failed else Scheduler(checkpoint)
+            if found is not None and found.ended:
+                found.retire()  # its children still serving finish their streams, then end
+            found = DecodePool(checkpoint, processes) if processes and not failed else Scheduler(checkpoint)
             _schedulers[key] = found
         _schedulers.move_to_end(key)
         while len(_schedulers) > SCHEDULERS:
             _, dropped = _schedulers.popitem(last=False)
-            if isinstance(dropped, DecodeWorker):
+            if isinstance(dropped, DecodePool):
                 dropped.retire()
         return found
 
@@ -104,6 +119,17 @@ def read_events(events: queue.SimpleQueue):
             return
 
 
+def prompt_keys(prompt: torch.Tensor, seg_len: int, mem_len: int) -> tuple[tuple, tuple]:
+    """(key, whole) of a prompt (1, n) decoded with memory mem_len: its warm-up's result depends on the key alone
+    (the prompt's complete segments), its prefill's on the whole (all of it)."""
+    ids = prompt[0].numpy()
+    complete = (ids.shape[-1] - 1) // seg_len * seg_len  # up to the segment holding the prompt's last token
+    digest = hashlib.sha256(ids[:complete].tobytes())
+    key = (mem_len, digest.hexdigest())
+    digest.update(ids[complete:].tobytes())  # then the rest: one pass over the prompt for both
+    return key, (mem_len, digest.hexdigest())
+
+
 class _Request:
     """One stream: its settings and sampling state, where it is in its warm-up, and the queue its events go to."""
 
@@ -115,11 +141,7 @@ class _Request:
         seg_len, mem_len = checkpoint.max_seq_len, settings.mem_len
         self.prompt, self.settings, self.mem_len, self.keep_logits = prompt, settings, mem_len, keep_logits
         self.current = (prompt.shape[-1] - 1) // seg_len  # the segment holding the prompt's last token
-        ids = prompt[0].numpy()
-        digest = hashlib.sha256(ids[:self.current * seg_len].tobytes())  # the complete segments
-        self.key = (mem_len, digest.hexdigest())  # the warm-up's result depends on these alone
-        digest.update(ids[self.current * seg_len:].tobytes())  # then the rest: one pass over the prompt for both
-        self.whole = (mem_len, digest.hexdigest())  # the prefill's result depends on these alone
+        self.key, self.whole = prompt_keys(prompt, seg_len, mem_len)
         self.state = None  # (row state, logits) when the whole prompt's prefill was cached
         self.events = queue.SimpleQueue() if events is None else events
         self.pending, self.sent_at = [], 0.0
@@ -154,11 +176,13 @@ class Scheduler:
     its prefill leaves is cached by the whole prompt and the memory length, so that the next such visitor's row is a
     copy. The thread ends when nothing is left to do and starts again with the next stream."""
 
-    ready, ended = True, None  # as a DecodeWorker says them: in this process, it has started and does not end
+    ready, ended = True, None  # as a DecodePool says them: in this process, it has started and does not end
 
     def __init__(self, checkpoint: Checkpoint, max_batch: int = MAX_BATCH, cache_size: int = PREFIX_CACHE_SIZE,
-                 prompt_cache_size: int = PROMPT_CACHE_SIZE):
+                 prompt_cache_size: int = PROMPT_CACHE_SIZE, threads: int | None = None):
+        """threads: torch threads of the decoding thread (default: one fewer than torch's choice, at least one)."""
         self.checkpoint, self.max_batch, self.cache_size = checkpoint, max_batch, cache_size
+        self.threads = threads
         self.prompt_cache_size = prompt_cache_size
         # buffers for a full batch from the start (100 MB for the shipped model): growing them when visitors arrive
         # together copied the live rows over three times, a pause of 110 ms for all of them
@@ -213,7 +237,7 @@ class Scheduler:
     def _loop(self) -> None:
         # one core fewer than torch's choice: the server's threads streaming the results to visitors need one, and a
         # parallel region waiting for a busy core costs more than the core adds (torch's setting is per thread)
-        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+        torch.set_num_threads(self.threads or process_threads(1))
         while True:
             with self.lock:
                 self._drop_cancelled()

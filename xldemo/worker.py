@@ -1,16 +1,19 @@
-"""A checkpoint's shared batch in a process of its own. In the server's process the decoding thread shares one
+"""A checkpoint's shared batches in processes of their own. In the server's process the decoding thread shares one
 interpreter with gradio's threads and the visitors' readers: each torch call gives up the interpreter and must wait to
-take it back, which made a step there half as fast again as alone. Here the child decodes (serving.Scheduler, as in
-process) and the server's process only reads the events it sends back.
+take it back, which made a step there half as fast again as alone. Here each child decodes a batch of its own
+(serving.Scheduler, as in process) and the server's process only reads the events they send back. A step is one
+core's work (two threads on two cores made it slower), so a server with two cores runs two children, each with half
+the visitors (DecodePool).
 
-The two talk over a socket pair in length-prefixed pickles. To the child: the checkpoint once, then ("start", id,
-prompt, settings, keep_logits), ("cancel", id) and ("live", id). Back: ("ready", None) once the checkpoint is built,
-("events", id, a list of events or the exception that ends the stream), ("released", id) once the stream has left the
-batch, ("live", id, (rows, waiting)). The child ends when the server's end closes; the server's streams fail with a
-clear error if the child ends first. A child that ends before it is ready could not start (a broken install, too
-little memory): the server says so in its log and decodes that checkpoint's batch in its own process from then on.
+The server and each child talk over a socket pair in length-prefixed pickles. To the child: the checkpoint once, then
+("start", id, prompt, settings, keep_logits), ("cancel", id) and ("live", id). Back: ("ready", None) once the
+checkpoint is built, ("events", id, a list of events or the exception that ends the stream), ("released", id) once the
+stream has left the batch, ("live", id, (rows, waiting)). The child ends when the server's end closes; the server's
+streams fail with a clear error if the child ends first. A child that ends before it is ready could not start (a
+broken install, too little memory): the server says so in its log and decodes that checkpoint's batch in its own
+process from then on.
 
-python -m xldemo.worker FD is the child; nothing else runs it."""
+python -m xldemo.worker FD THREADS is the child; nothing else runs it."""
 
 import io
 import itertools
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import threading
 import traceback
+from collections import OrderedDict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -31,21 +35,95 @@ from .batched import BatchedDecoder
 from .checkpoint import Checkpoint, build_model
 from .engine import GenerationSettings, Started, resolve
 from .errors import XLDemoError, one_line
-from .serving import CANCEL_WAIT_S, Scheduler, _Request, read_events
+from .serving import CANCEL_WAIT_S, PREFIX_CACHE_SIZE, Scheduler, _Request, process_threads, prompt_keys, read_events
 
 LIVE_WAIT_S = 10  # how long live() waits for the child's answer
-CHILD = [sys.executable, "-m", "xldemo.worker"]  # then the socket's descriptor
+CHILD = [sys.executable, "-m", "xldemo.worker"]  # then the socket's descriptor and the torch threads
+# a stream goes to a worker that lately took its prompt if that worker has at most this many streams more than the
+# fewest: a prompt warmed up again costs its worker 63 ms a complete prompt segment (the examples: 12 segments, 0.75 s
+# in all, their other streams taking one step per segment meanwhile), while a batch of 5 rows steps ~15% slower than
+# one of 4 (the shipped model, one core)
+AFFINITY_SLACK = 2
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `-m xldemo.worker` imports from, wherever the app runs
 
 
-class DecodeWorker:
-    """Scheduler's generate and live for checkpoint, the scheduler running in a child process."""
+class DecodePool:
+    """Scheduler's generate and live for checkpoint, over `processes` DecodeWorkers, each with a batch of its own. A
+    stream goes to a worker that lately took its prompt (whose caches may hold its warm-up and its row) if one has
+    few enough streams (AFFINITY_SLACK), else to one with the fewest streams, the one chosen least lately. A step of the shipped model on one core:
+    1 row 2.7 ms, 4 rows 5.3, 8 rows 8.0, while two processes of 4 rows step in 5.6-5.9 ms each at once (2026-11-30)."""
 
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint, processes: int):
+        self.checkpoint = checkpoint
+        threads = process_threads(processes)
+        self.workers = [DecodeWorker(checkpoint, threads) for _ in range(processes)]
+        self.streams = [0] * processes  # per worker: streams sent to it and not yet closed
+        self.chosen = [0] * processes  # per worker: when it last took a stream, as a count of choices
+        self.prompts = [OrderedDict() for _ in range(processes)]  # per worker: prompt keys it took lately
+        self.lock, self.choices = threading.Lock(), itertools.count(1)
+
+    @property
+    def ready(self) -> bool:
+        """Every child has built the checkpoint."""
+        return all(worker.ready for worker in self.workers)
+
+    @property
+    def ended(self) -> XLDemoError | None:
+        """Why a child ended, if one has: the pool is then replaced (see serving.scheduler_for)."""
+        return next((worker.ended for worker in self.workers if worker.ended is not None), None)
+
+    def generate(self, prompt_ids, settings: GenerationSettings, keep_logits: bool = False):
+        """engine.generate for one stream of this pool's checkpoint (settings the batch supports)."""
+        prompt, settings = resolve(self.checkpoint, prompt_ids, settings)
+        return self._stream(prompt, settings, keep_logits)
+
+    def _stream(self, prompt: torch.Tensor, settings: GenerationSettings, keep_logits: bool):
+        # the worker is chosen when the stream starts, not when generate() is called: a stream never started takes
+        # nothing, and its count is given back however it ends
+        seg_len = self.checkpoint.max_seq_len
+        # a prompt within its first segment has no warm-up to cache: any worker serves it as well
+        key = prompt_keys(prompt, seg_len, settings.mem_len)[0] if prompt.shape[-1] > seg_len else None
+        index = self._choose(key)
+        try:
+            yield from self.workers[index]._stream(prompt, settings, keep_logits)
+        finally:
+            with self.lock:
+                self.streams[index] -= 1
+
+    def _choose(self, key: tuple | None) -> int:
+        with self.lock:
+            near = [i for i, n in enumerate(self.streams) if n <= min(self.streams) + AFFINITY_SLACK]
+            index = min(near, key=lambda i: (key not in self.prompts[i], self.streams[i], self.chosen[i]))
+            self.streams[index] += 1
+            self.chosen[index] = next(self.choices)
+            if key is not None:
+                prompts = self.prompts[index]
+                prompts[key] = None
+                prompts.move_to_end(key)
+                while len(prompts) > PREFIX_CACHE_SIZE:  # as many as the child's cache keeps
+                    prompts.popitem(last=False)
+            return index
+
+    def live(self) -> tuple[int, int]:
+        """(streams in the children's batches, streams waiting or warming up there)."""
+        rows, waiting = zip(*(worker.live() for worker in self.workers))
+        return sum(rows), sum(waiting)
+
+    def retire(self) -> None:
+        """Ends the children once their streams are done."""
+        for worker in self.workers:
+            worker.retire()
+
+
+class DecodeWorker:
+    """Scheduler's generate and live for checkpoint, the scheduler running in a child process with `threads` torch
+    threads."""
+
+    def __init__(self, checkpoint: Checkpoint, threads: int = 1):
         self.checkpoint = checkpoint
         ours, theirs = socket.socketpair()
         with theirs:
-            self.process = subprocess.Popen([*CHILD, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+            self.process = subprocess.Popen([*CHILD, str(theirs.fileno()), str(threads)], pass_fds=(theirs.fileno(),),
                                             cwd=PACKAGE_ROOT)
         # the socket stays for shutdown(), which wakes the reader and ends the child; the connection frames messages
         self.socket, self.connection = ours, Connection(os.dup(ours.fileno()))
@@ -205,14 +283,14 @@ class _Released:
         self.send("released", self.id)
 
 
-def serve(connection: Connection) -> None:
+def serve(connection: Connection, threads: int = 1) -> None:
     """The child: builds the checkpoint the server sends, then starts, cancels and reports streams until the server's
-    end closes."""
+    end closes; its batch steps on `threads` torch threads."""
     config, weights, tokenizer, source = pickle.loads(connection.recv_bytes())
     model = build_model(config)
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     checkpoint = Checkpoint(model.eval(), config, tokenizer, source)
-    scheduler, send, requests = Scheduler(checkpoint), _Sender(connection), {}
+    scheduler, send, requests = Scheduler(checkpoint, threads=threads), _Sender(connection), {}
     send("ready", None)
     while True:
         try:
@@ -231,6 +309,6 @@ def serve(connection: Connection) -> None:
 
 
 if __name__ == "__main__":
-    serve(Connection(int(sys.argv[1])))
+    serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
     # no interpreter shutdown: the decoding thread may be inside torch, and a daemon thread stopped there aborts
     os._exit(0)

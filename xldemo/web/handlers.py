@@ -66,7 +66,7 @@ def of_inputs(handler, names: list[str] = INPUTS):
 class Handlers:
     default_checkpoint: str
     time_limit_s: float = 300.0  # a run's longest, so that no visitor holds a row of the batch for ever
-    apart: bool = False  # the shared batch decoded in a process of its own (see worker.py)
+    processes: int = 0  # processes decoding the shared batches, each its own (see worker.py); 0: this one
 
     def load(self, name) -> Checkpoint:
         return cached_checkpoint(checkpoint_source(name or self.default_checkpoint, self.default_checkpoint))
@@ -97,7 +97,7 @@ class Handlers:
         model, ids, settings = self.prepare(inputs)
         run, throttle, began = None, Throttle(), time.monotonic()
         try:
-            run = Run(model, ids, settings, colouring=colouring, apart=self.apart)
+            run = Run(model, ids, settings, colouring=colouring, processes=self.processes)
             while event := run.step():
                 self._within_time(began)
                 if throttle.due(force=run.due_now(event)):
@@ -121,8 +121,8 @@ class Handlers:
         off = replace(on, mem_len=0)
         runs, throttle, began = [], Throttle(), time.monotonic()
         try:
-            runs += [Run(model, ids, on, live_rate=False, apart=self.apart),
-                     Run(model, ids, off, live_rate=False, apart=self.apart)]
+            runs += [Run(model, ids, on, live_rate=False, processes=self.processes),
+                     Run(model, ids, off, live_rate=False, processes=self.processes)]
             alive = [True, True]
             while any(alive):
                 self._within_time(began)
@@ -174,11 +174,11 @@ class Handlers:
         return render.stats_line(model_chips(model)), gr.update(maximum=model.max_mem_len, value=model.max_mem_len)
 
     def start_decoding(self, checkpoint=None) -> Checkpoint:
-        """The checkpoint (default: the default one), its decoding process started where the batch runs apart: now,
+        """The checkpoint (default: the default one), its decoding processes started where batches run apart: now,
         while the visitor reads the page or before the server takes visitors, not at the first run."""
         model = self.load(checkpoint)
-        if self.apart:
-            scheduler_for(model, apart=True)
+        if self.processes:
+            scheduler_for(model, self.processes)
         return model
 
     @staticmethod

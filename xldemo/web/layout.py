@@ -8,7 +8,7 @@ import gradio as gr
 from ..checkpoint import shipped_checkpoints
 from ..errors import XLDemoError
 from ..examples import load_examples
-from ..serving import MAX_BATCH
+from ..serving import MAX_BATCH, default_processes
 from . import render
 from .handlers import Handlers, of_inputs, stopped
 from .inputs import (DATA_INPUTS, DEFAULT_MEM_LEN, DEFAULTS, INSPECT_INPUTS, MAX_PROMPT_BYTES, MAX_STOP_CHARS,
@@ -34,10 +34,10 @@ def launch_options() -> dict:
 
 def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
     """The handlers for default_checkpoint (default: XLDEMO_CHECKPOINT, else the shipped one) as the environment
-    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESS."""
+    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES."""
     return Handlers(default_checkpoint or configured_checkpoint(),
                     float(os.environ.get("XLDEMO_TIME_LIMIT", Handlers.time_limit_s)),
-                    apart=os.environ.get("XLDEMO_DECODE_PROCESS", "1") != "0")
+                    processes=int(os.environ.get("XLDEMO_DECODE_PROCESSES", default_processes())))
 
 
 def start_decoding() -> None:
@@ -54,7 +54,7 @@ def start_decoding() -> None:
 def build_demo(default_checkpoint: str | None = None, concurrency: int | None = None) -> gr.Blocks:
     """The app. default_checkpoint: a folder or Hub repo id (default: XLDEMO_CHECKPOINT, else the shipped one);
     concurrency: runs at once (default: XLDEMO_CONCURRENCY, else the shared batch's size). XLDEMO_QUEUE_SIZE and
-    XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time; XLDEMO_DECODE_PROCESS=0 keeps
+    XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time; XLDEMO_DECODE_PROCESSES=0 keeps
     the shared batch in the server's process."""
     default = default_checkpoint or configured_checkpoint()
     concurrency = concurrency or int(os.environ.get("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY))

@@ -24,9 +24,9 @@ class Run:
     where it can take the run, else the engine)."""
 
     def __init__(self, checkpoint: Checkpoint, ids: list[int], settings: GenerationSettings, live_rate: bool = True,
-                 colouring: str = "probability", source: Callable[..., Iterator] | None = None, apart: bool = False):
-        """With settings.details the view is the memory view, its generated text coloured by `colouring`. apart:
-        serving.generate's, the shared batch in a process of its own."""
+                 colouring: str = "probability", source: Callable[..., Iterator] | None = None, processes: int = 0):
+        """With settings.details the view is the memory view, its generated text coloured by `colouring`. processes:
+        serving.generate's, the processes decoding the shared batches (0: this one)."""
         self.live_rate = live_rate
         # the prompt's view is built before the engine starts, so its clock does not count it
         seg_len = checkpoint.max_seq_len
@@ -44,7 +44,7 @@ class Run:
         self.text = ""
         self.details: list[dict] = []  # per token, as the CLI's --details writes them
         self.events = source(checkpoint, ids, settings) if source else generate(checkpoint, ids, settings,
-                                                                                 apart=apart)
+                                                                                 processes=processes)
         self.started: Started | None = None
         self.finished: Finished | None = None
         self.warmup = (0, 0)
