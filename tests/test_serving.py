@@ -173,6 +173,26 @@ def test_visitors_with_the_same_prompt_share_its_warm_up(monkeypatch):
     assert len(segments) == 10  # another memory length is another warm-up
 
 
+def test_a_warm_up_one_scheduler_ran_is_taken_by_another_and_not_run_again(monkeypatch):
+    checkpoint, segments = tiny_checkpoint(), []
+    warm_up = serving.warm_up_memory
+
+    def counted(*args):
+        for mems in warm_up(*args):
+            segments.append(1)
+            yield mems
+
+    monkeypatch.setattr(serving, "warm_up_memory", counted)
+    taker = Scheduler(checkpoint)
+    runner = Scheduler(checkpoint, on_warm_up=taker.offer_prefix)  # as a DecodePool wires its children
+    prompt, settings = random_tokens(1, 4 * 8 + 3, seed=5)[0].tolist(), GenerationSettings(max_new_tokens=9, seed=4)
+    alone = list(generate(checkpoint, prompt, settings))
+    assert same_events(list(runner.generate(prompt, settings)), alone) and len(segments) == 4
+    assert same_events(list(taker.generate(prompt, settings)), alone) and len(segments) == 4  # no second warm-up
+    list(taker.generate(prompt, replace(settings, mem_len=3)))
+    assert len(segments) == 8  # another memory length is another warm-up
+
+
 def test_a_prompt_seen_lately_opens_its_row_as_a_copy_and_writes_what_it_writes_alone():
     checkpoint = tiny_checkpoint()
     scheduler, prefills = Scheduler(checkpoint, prompt_cache_size=2), []

@@ -1,6 +1,6 @@
 """The shared batches in processes of their own: streams decoded in a child give the events of their solo engine runs
 (the teacher-forced logits included), several at once; closing a stream frees its row there; a pool of children
-spreads streams over them, a prompt back to the child that lately took it; a child that dies fails its streams with a
+spreads streams over them and hands each the prompts the others warmed up; a child that dies fails its streams with a
 clear error and the next request gets a new pool, unless it could not start at all; a dropped worker's child ends."""
 
 import os
@@ -11,12 +11,14 @@ import time
 from dataclasses import replace
 
 import pytest
+import torch
 
 from conftest import tiny_checkpoint, tiny_config
 from test_serving import STREAMS, assert_teacher_forced, prompt_of, same_events, settings_of, solo
 from xldemo import serving
 from xldemo import worker as worker_module
 from xldemo.engine import GenerationSettings, Token, generate
+from xldemo.serving import prompt_keys
 from xldemo.errors import XLDemoError
 from xldemo.worker import DecodePool, DecodeWorker
 
@@ -64,7 +66,7 @@ def test_closing_a_stream_frees_its_row_in_the_child_at_once(worker):
     assert time.monotonic() - began < 1 and worker.live() == (0, 0)
 
 
-def test_a_pool_spreads_streams_over_its_children_and_sends_a_prompt_back_to_the_child_that_took_it(worker):
+def test_a_pool_spreads_streams_over_its_children_and_hands_each_the_others_warm_ups(worker):
     pool = DecodePool(worker.checkpoint, 2)
     try:
         long = GenerationSettings(max_new_tokens=4000, seed=1)
@@ -77,18 +79,23 @@ def test_a_pool_spreads_streams_over_its_children_and_sends_a_prompt_back_to_the
         def rows():
             return [w.live()[0] for w in pool.workers]
 
-        a, b = list(range(1, 12)), list(range(20, 29))  # each with a complete segment (8), whose warm-up a child caches
+        a, b = list(range(1, 12)), list(range(20, 29))  # each with a complete segment (8) to warm up
         first, second = started(a), started(b)
         assert rows() == [1, 1]  # one to each child
+        key_a, key_b = (prompt_keys(torch.tensor([p]), 8, 13)[0] for p in (a, b))
+        deadline = time.monotonic() + 10
+        while not (key_a in pool.prompts[1] and key_b in pool.prompts[0]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert key_a in pool.prompts[1] and key_b in pool.prompts[0]  # each child's warm-up handed to the other
         again = started(a)
-        assert rows() == [2, 1]  # back where a went
-        third = started([6])  # within its first segment: to whichever has fewer
-        assert rows() == [2, 2]
-        more = [started(a), started(a), started(a)]
-        assert rows() == [5, 2]  # a to its child while it has at most two streams more than the other
-        more.append(started(a))
-        assert rows() == [5, 3]  # else to the other
-        for stream in (first, second, again, third, *more):
+        assert rows() == [2, 1]  # of two as busy, the one chosen least lately
+        third, fourth = started([6]), started(b)
+        assert rows() == [3, 2]  # [6] to the less busy, then b to the one chosen least lately
+        more = [started(a), started(a)]
+        assert rows() == [4, 3]  # the less busy first, never two apart
+        settings = GenerationSettings(max_new_tokens=30, seed=8)  # to the second child, with the first's warm-up of a
+        assert same_events(list(pool.generate(a, settings)), list(generate(pool.checkpoint, a, settings)))
+        for stream in (first, second, again, third, fourth, *more):
             stream.close()
         assert rows() == [0, 0] and pool.streams == [0, 0]
         # each stream as alone, on whichever child it lands
@@ -109,6 +116,44 @@ def test_a_pool_spreads_streams_over_its_children_and_sends_a_prompt_back_to_the
         pool.retire()
 
 
+COUNTING_CHILD = """
+import os, sys
+from multiprocessing.connection import Connection
+from xldemo import serving, worker
+real = serving.warm_up_memory
+def counted(*args):
+    for memory in real(*args):
+        with open({log!r}, "a") as log:
+            log.write(f"{{os.getpid()}}\\n")
+        yield memory
+serving.warm_up_memory = counted
+worker.serve(Connection(int(sys.argv[1])), int(sys.argv[2]))
+os._exit(0)
+"""
+
+
+def test_a_prompt_one_child_warmed_up_is_not_warmed_up_again_in_another(worker, monkeypatch, tmp_path):
+    log = tmp_path / "warm-ups"
+    monkeypatch.setattr(worker_module, "CHILD", [sys.executable, "-c", COUNTING_CHILD.format(log=str(log))])
+    pool = DecodePool(worker.checkpoint, 2)
+    try:
+        prompt = list(range(1, 20))  # two complete segments of 8
+        busy = pool.generate(prompt, GenerationSettings(max_new_tokens=4000, seed=1))
+        next(e for e in busy if isinstance(e, Token))
+        assert log.read_text().split() == [str(pool.workers[0].process.pid)] * 2  # the first child's two segments
+        settings = GenerationSettings(max_new_tokens=30, seed=8)
+        deadline = time.monotonic() + 10
+        while len(pool.prompts[1]) == 0 and time.monotonic() < deadline:  # the warm-up on its way to the second
+            time.sleep(0.01)
+        events = list(pool.generate(prompt, settings))  # to the second child, the less busy
+        assert [w.live()[0] for w in pool.workers] == [1, 0] and pool.chosen[1] > pool.chosen[0]
+        assert same_events(events, list(generate(pool.checkpoint, prompt, settings)))
+        assert len(log.read_text().split()) == 2  # no segment warmed up again
+        busy.close()
+    finally:
+        pool.retire()
+
+
 def test_a_child_that_dies_fails_its_streams_and_the_next_request_gets_a_new_one():
     checkpoint = tiny_checkpoint()
     first = serving.scheduler_for(checkpoint, 2)
@@ -119,6 +164,7 @@ def test_a_child_that_dies_fails_its_streams_and_the_next_request_gets_a_new_one
     assert dying.live() == (1, 0)  # the first stream went to the first child
     kept = serving.generate(checkpoint, [5, 6], GenerationSettings(max_new_tokens=40, seed=2), processes=2)
     next(kept)
+    other.ready = False  # as if its sibling were still starting: this death is no failure to start all the same
     os.kill(dying.process.pid, signal.SIGKILL)
     with pytest.raises(XLDemoError, match="decoding process ended"):
         for _ in stream:
@@ -126,7 +172,7 @@ def test_a_child_that_dies_fails_its_streams_and_the_next_request_gets_a_new_one
     with pytest.raises(XLDemoError, match="decoding process ended"):
         first.live()
     second = serving.scheduler_for(checkpoint, 2)
-    assert second is not first
+    assert second is not first and isinstance(second, DecodePool)
     assert list(serving.generate(checkpoint, [4], GenerationSettings(max_new_tokens=3), processes=2))[-1].reason \
         == "length"
     assert list(kept)[-1].reason == "length"  # the other child of the dead one's pool finishes its stream, then ends

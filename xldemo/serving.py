@@ -95,7 +95,7 @@ def scheduler_for(checkpoint: Checkpoint, processes: int = 0):
         found = _schedulers.get(key)
         if found is None or found.checkpoint.model is not checkpoint.model or found.ended:
             # a child that could not start would not start the next time either: the batch stays in this process
-            failed = found is not None and found.checkpoint.model is checkpoint.model and not found.ready
+            failed = found is not None and found.checkpoint.model is checkpoint.model and found.failed_to_start
             if found is not None and found.ended:
                 found.retire()  # its children still serving finish their streams, then end
             found = DecodePool(checkpoint, processes) if processes and not failed else Scheduler(checkpoint)
@@ -176,13 +176,15 @@ class Scheduler:
     its prefill leaves is cached by the whole prompt and the memory length, so that the next such visitor's row is a
     copy. The thread ends when nothing is left to do and starts again with the next stream."""
 
-    ready, ended = True, None  # as a DecodePool says them: in this process, it has started and does not end
+    failed_to_start, ended = False, None  # as a DecodePool says them: in this process, it runs and does not end
 
     def __init__(self, checkpoint: Checkpoint, max_batch: int = MAX_BATCH, cache_size: int = PREFIX_CACHE_SIZE,
-                 prompt_cache_size: int = PROMPT_CACHE_SIZE, threads: int | None = None):
-        """threads: torch threads of the decoding thread (default: one fewer than torch's choice, at least one)."""
+                 prompt_cache_size: int = PROMPT_CACHE_SIZE, threads: int | None = None, on_warm_up=None):
+        """threads: torch threads of the decoding thread (default: one fewer than torch's choice, at least one).
+        on_warm_up(key, memory): told of each warm-up this scheduler runs, which another may take (offer_prefix)."""
         self.checkpoint, self.max_batch, self.cache_size = checkpoint, max_batch, cache_size
-        self.threads = threads
+        self.threads, self.on_warm_up = threads, on_warm_up
+        self.offered: queue.SimpleQueue = queue.SimpleQueue()  # (key, memory) of warm-ups run elsewhere
         self.prompt_cache_size = prompt_cache_size
         # buffers for a full batch from the start (100 MB for the shipped model): growing them when visitors arrive
         # together copied the live rows over three times, a pause of 110 ms for all of them
@@ -213,6 +215,12 @@ class Scheduler:
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="xldemo-scheduler", daemon=True)
                 self.thread.start()
+
+    def offer_prefix(self, key: tuple, memory) -> None:
+        """A warm-up another scheduler of the same model ran (its on_warm_up): the decoding thread caches it before
+        it next looks for one, so that a visitor with that prompt here is not warmed up again (same model, same
+        arithmetic: the same bits)."""
+        self.offered.put((key, memory))
 
     def _stream(self, request: _Request):
         yield Started(self.decoder.name, request.prompt.shape[-1], self.checkpoint.max_seq_len, request.mem_len,
@@ -272,6 +280,9 @@ class Scheduler:
     def _warm_up_one(self) -> None:
         """One prompt segment for the waiting stream with the fewest done (taking turns), or a cached warm-up (or
         prefill)."""
+        while not self.offered.empty():
+            key, memory = self.offered.get()
+            self._cache_prefix(key, memory)
         for request in self.waiting:
             if request.warm or request.warm_up is not None:
                 continue
@@ -300,9 +311,15 @@ class Scheduler:
         request.tell(WarmupProgress(request.warmed, request.current))
         if request.warm:
             del self.warming[request.key]
-            self.prefixes[request.key] = request.mems
-            while len(self.prefixes) > self.cache_size:
-                self.prefixes.popitem(last=False)
+            self._cache_prefix(request.key, request.mems)
+            if self.on_warm_up is not None:
+                self.on_warm_up(request.key, request.mems)
+
+    def _cache_prefix(self, key: tuple, memory) -> None:
+        self.prefixes[key] = memory
+        self.prefixes.move_to_end(key)
+        while len(self.prefixes) > self.cache_size:
+            self.prefixes.popitem(last=False)
 
     def _cached_prompt(self, request: _Request) -> tuple[RowState, torch.Tensor] | None:
         found = self.prompts.get(request.whole)

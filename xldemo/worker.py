@@ -6,12 +6,13 @@ core's work (two threads on two cores made it slower), so a server with two core
 the visitors (DecodePool).
 
 The server and each child talk over a socket pair in length-prefixed pickles. To the child: the checkpoint once, then
-("start", id, prompt, settings, keep_logits), ("cancel", id) and ("live", id). Back: ("ready", None) once the
-checkpoint is built, ("events", id, a list of events or the exception that ends the stream), ("released", id) once the
-stream has left the batch, ("live", id, (rows, waiting)). The child ends when the server's end closes; the server's
-streams fail with a clear error if the child ends first. A child that ends before it is ready could not start (a
-broken install, too little memory): the server says so in its log and decodes that checkpoint's batch in its own
-process from then on.
+("start", id, prompt, settings, keep_logits), ("cancel", id), ("live", id) and ("prefix", None, key, memory). Back:
+("ready", None) once the checkpoint is built, ("events", id, a list of events or the exception that ends the stream),
+("released", id) once the stream has left the batch, ("live", id, (rows, waiting)) and ("warmed", None, key, memory)
+after each prompt it warms up, which the server hands to the other children as a "prefix" to cache. The child ends
+when the server's end closes; the server's streams fail with a clear error if the child ends first. A child that ends
+before it is ready could not start (a broken install, too little memory): the server says so in its log and decodes
+that checkpoint's batch in its own process from then on.
 
 python -m xldemo.worker FD THREADS is the child; nothing else runs it."""
 
@@ -39,33 +40,31 @@ from .serving import CANCEL_WAIT_S, PREFIX_CACHE_SIZE, Scheduler, _Request, proc
 
 LIVE_WAIT_S = 10  # how long live() waits for the child's answer
 CHILD = [sys.executable, "-m", "xldemo.worker"]  # then the socket's descriptor and the torch threads
-# a stream goes to a worker that lately took its prompt if that worker has at most this many streams more than the
-# fewest: a prompt warmed up again costs its worker 63 ms a complete prompt segment (the examples: 12 segments, 0.75 s
-# in all, their other streams taking one step per segment meanwhile), while a batch of 5 rows steps ~15% slower than
-# one of 4 (the shipped model, one core)
-AFFINITY_SLACK = 2
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `-m xldemo.worker` imports from, wherever the app runs
 
 
 class DecodePool:
     """Scheduler's generate and live for checkpoint, over `processes` DecodeWorkers, each with a batch of its own. A
-    stream goes to a worker that lately took its prompt (whose caches may hold its warm-up and its row) if one has
-    few enough streams (AFFINITY_SLACK), else to one with the fewest streams, the one chosen least lately. A step of the shipped model on one core:
+    stream goes to a worker with the fewest streams: among those, one that lately took its prompt (whose caches may
+    hold its row as its prefill left it), else the one chosen least lately. A prompt one child warms up is handed to
+    the others, so that no visitor waits for a warm-up another child has run. A step of the shipped model on one core:
     1 row 2.7 ms, 4 rows 5.3, 8 rows 8.0, while two processes of 4 rows step in 5.6-5.9 ms each at once (2026-11-30)."""
 
     def __init__(self, checkpoint: Checkpoint, processes: int):
         self.checkpoint = checkpoint
-        threads = process_threads(processes)
-        self.workers = [DecodeWorker(checkpoint, threads) for _ in range(processes)]
         self.streams = [0] * processes  # per worker: streams sent to it and not yet closed
         self.chosen = [0] * processes  # per worker: when it last took a stream, as a count of choices
-        self.prompts = [OrderedDict() for _ in range(processes)]  # per worker: prompt keys it took lately
+        self.prompts = [OrderedDict() for _ in range(processes)]  # per worker: prompt keys it took or was handed lately
         self.lock, self.choices = threading.Lock(), itertools.count(1)
+        threads = process_threads(processes)
+        self.workers = [DecodeWorker(checkpoint, threads) for _ in range(processes)]
+        for worker in self.workers:
+            worker.on_warm_up = self._relay
 
     @property
-    def ready(self) -> bool:
-        """Every child has built the checkpoint."""
-        return all(worker.ready for worker in self.workers)
+    def failed_to_start(self) -> bool:
+        """A child ended before it had built the checkpoint: a new one would fail alike (see serving.scheduler_for)."""
+        return any(worker.ended is not None and not worker.ready for worker in self.workers)
 
     @property
     def ended(self) -> XLDemoError | None:
@@ -92,17 +91,31 @@ class DecodePool:
 
     def _choose(self, key: tuple | None) -> int:
         with self.lock:
-            near = [i for i, n in enumerate(self.streams) if n <= min(self.streams) + AFFINITY_SLACK]
-            index = min(near, key=lambda i: (key not in self.prompts[i], self.streams[i], self.chosen[i]))
+            fewest = min(self.streams)
+            index = min((i for i, n in enumerate(self.streams) if n == fewest),
+                        key=lambda i: (key not in self.prompts[i], self.chosen[i]))
             self.streams[index] += 1
             self.chosen[index] = next(self.choices)
-            if key is not None:
-                prompts = self.prompts[index]
-                prompts[key] = None
-                prompts.move_to_end(key)
-                while len(prompts) > PREFIX_CACHE_SIZE:  # as many as the child's cache keeps
-                    prompts.popitem(last=False)
+            self._took(index, key)
             return index
+
+    def _took(self, index: int, key: tuple | None) -> None:
+        """Records that the child at index holds key's warm-up now (the caller holds the lock)."""
+        if key is not None:
+            prompts = self.prompts[index]
+            prompts[key] = None
+            prompts.move_to_end(key)
+            while len(prompts) > PREFIX_CACHE_SIZE:  # as many as the child's cache keeps
+                prompts.popitem(last=False)
+
+    def _relay(self, source: "DecodeWorker", key: tuple, memory) -> None:
+        """A prompt one child warmed up, to every other child's cache: a visitor with that prompt is then not warmed
+        up again wherever they land (the examples: 12 segments, 0.75 s of a core each)."""
+        for index, worker in enumerate(self.workers):
+            if worker is not source:
+                worker.send("prefix", None, key, memory)
+                with self.lock:
+                    self._took(index, key)
 
     def live(self) -> tuple[int, int]:
         """(streams in the children's batches, streams waiting or warming up there)."""
@@ -130,6 +143,7 @@ class DecodeWorker:
         self.streams: dict[int, _Stream] = {}
         self.ids, self.send, self.retiring, self.ended = itertools.count(), _Sender(self.connection), False, None
         self.ready = False  # the child has built the checkpoint; it ending before then is a failure to start
+        self.on_warm_up = None  # on_warm_up(self, key, memory): told of each prompt the child warms up
         self.send.lock.acquire()  # held until the checkpoint has gone, the child's first message: see _start
         threading.Thread(target=self._start, name="xldemo-worker-reader", daemon=True).start()
 
@@ -203,6 +217,10 @@ class DecodeWorker:
                 kind, key, *rest = pickle.loads(self.connection.recv_bytes())
                 if kind == "ready":
                     self.ready = True
+                    continue
+                if kind == "warmed":
+                    if self.on_warm_up is not None:
+                        self.on_warm_up(self, *rest)
                     continue
                 stream = self.streams.get(key)
                 if stream is None:  # a stream closed while the child was still sending
@@ -290,7 +308,8 @@ def serve(connection: Connection, threads: int = 1) -> None:
     model = build_model(config)
     model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     checkpoint = Checkpoint(model.eval(), config, tokenizer, source)
-    scheduler, send, requests = Scheduler(checkpoint, threads=threads), _Sender(connection), {}
+    send, requests = _Sender(connection), {}
+    scheduler = Scheduler(checkpoint, threads=threads, on_warm_up=lambda key, memory: send("warmed", None, key, memory))
     send("ready", None)
     while True:
         try:
@@ -306,6 +325,8 @@ def serve(connection: Connection, threads: int = 1) -> None:
             requests[key].cancelled = True
         elif kind == "live":
             send("live", key, scheduler.live())
+        elif kind == "prefix":
+            scheduler.offer_prefix(*rest)
 
 
 if __name__ == "__main__":
