@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors.torch import load_file
-from x_transformers import Decoder, TransformerWrapper
+from x_transformers import Decoder, TransformerWrapper, XLAutoregressiveWrapper
 
 from conftest import tiny_config
 from xldemo import XLDemoError, build_model, load_checkpoint, save_checkpoint
@@ -20,8 +20,8 @@ from xldemo.data import DEFAULT_CACHE, SEPARATOR, load_split, prepare, train_pla
 from xldemo.rename import CastSampler, generic_words, name_words
 from xldemo.speakers import speaker_names
 from xldemo.teacher import bits_per_token
-from xldemo.train import (MODEL_CONFIGS, TrainSettings, learning_rate, sample_batch, train, training_corpus,
-                          with_cast_samples)
+from xldemo.train import (MODEL_CONFIGS, HeadingWeightedLoss, TrainSettings, heading_weights, learning_rate,
+                          sample_batch, train, training_corpus, with_cast_samples)
 
 TINY = tiny_config(seq_len=32, mem_len=32)
 
@@ -59,7 +59,8 @@ def test_a_few_steps_lower_the_loss(tmp_path):
         load_checkpoint(tmp_path / "run" / "model").model, text[:, :1024]).mean().item(), abs=1e-4)
 
 
-@pytest.mark.parametrize("casts", [{}, {"cast_samples": 0.5, "cast_segments": 1}], ids=["plain", "cast samples"])
+@pytest.mark.parametrize("casts", [{}, {"cast_samples": 0.5, "cast_segments": 1}, {"heading_weight": 4.0}],
+                         ids=["plain", "cast samples", "heading weight"])
 def test_resuming_matches_an_uninterrupted_run(tmp_path, casts):
     # warmup covers every step, so the learning rate does not depend on the number of steps asked for
     straight = settings(tmp_path / "straight", steps=6, warmup_steps=100, **casts)
@@ -73,7 +74,7 @@ def test_resuming_matches_an_uninterrupted_run(tmp_path, casts):
     weights = [load_file(tmp_path / run / "run" / "model" / WEIGHTS_FILE) for run in ("straight", "stopped")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    if casts:  # and the cast samples did reach the model: the same seed without them gives another first loss
+    if casts:  # and the casts or weights did reach the loss: the same seed without them gives another first loss
         train(settings(tmp_path / "plain", steps=1, warmup_steps=100), progress=False)
         plain = json.loads((tmp_path / "plain" / "run" / "state.json").read_text())["log"]
         assert plain[0]["loss"] != logs[0][0]["loss"]
@@ -163,6 +164,42 @@ def test_cast_samples_take_their_share_of_each_batch_and_replay_with_the_step(tm
         train(replace(s, cast_samples=1.5, steps=1), progress=False)
     with pytest.raises(XLDemoError, match=r"cast segments must be from 0 to --segments \(2\), got 3"):
         train(replace(s, cast_segments=3, steps=1), progress=False)
+
+
+def test_heading_weights_mark_the_names_that_open_speeches():
+    text = b"ACT I.\nSCENE 2. An island.\n\nPROSPERO.\nMiranda, hear. O.\n\nLADY MACBETH.\nI do.\n"
+    weights = heading_weights(torch.tensor([list(text)]), 5.0)[0].tolist()
+    assert bytes(b for b, w in zip(text, weights) if w == 5.0) == b"PROSPEROLADY MACBETH"
+    assert set(weights) == {1.0, 5.0}
+
+
+def test_the_heading_weighted_loss_is_the_wrappers_at_weight_one_and_weights_the_teacher_forced_bytes():
+    torch.manual_seed(0)
+    net = build_model(TINY).eval()  # no dropout: the two passes see the same network
+    play = load_split(prepare(DEFAULT_CACHE), "validation")
+    start = play.index(b"\n\nBRUTUS.\n") - 50
+    batch = torch.tensor([list(play[start:start + 4 * 32 + 1]), list(play[start + 7:start + 7 + 4 * 32 + 1])])
+    ours, theirs = HeadingWeightedLoss(net, 1.0)(batch), XLAutoregressiveWrapper(net)(batch)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    grads = []
+    for loss in (ours, theirs):
+        net.zero_grad()
+        loss.backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(*grads))
+    # at weight 3, the teacher-forced pass's own cross-entropies, weighted by hand
+    weights = heading_weights(batch, 3.0)[:, 1:]
+    assert (weights == 3.0).sum() >= 10  # BRUTUS in both rows
+    nats = bits_per_token(net, batch) * math.log(2)
+    expected = (nats * weights).sum() / weights.sum()
+    assert HeadingWeightedLoss(net, 3.0)(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(expected.item() - nats.mean().item()) > 1e-4  # the weights change the loss, beyond rounding
+
+
+def test_a_heading_weight_of_zero_or_less_is_refused_in_one_line(tmp_path):
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(XLDemoError, match="heading weight must be a number above 0"):
+            train(settings(tmp_path, heading_weight=bad, steps=1), progress=False)
 
 
 def test_the_memory_config_is_the_shipped_shape_with_a_memory_of_two_segments():

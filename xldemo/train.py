@@ -1,4 +1,5 @@
-"""Training with x-transformers' own XLAutoregressiveWrapper.forward: resumable, CPU or GPU, torchrun-ready."""
+"""Training with x-transformers' own XLAutoregressiveWrapper.forward (or its segment loop with speaker names' bytes
+weighted, HeadingWeightedLoss): resumable, CPU or GPU, torchrun-ready."""
 
 import json
 import math
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from x_transformers import XLAutoregressiveWrapper
@@ -19,7 +21,7 @@ from .data import DEFAULT_CACHE, MODERN, SEPARATOR, VALIDATION_PLAY, load_split,
 from .errors import XLDemoError
 from .options import setting
 from .rename import CastSampler, renamed_copies
-from .speakers import SpeakerSettings, speaker_measure, speaking_plays
+from .speakers import SpeakerSettings, speaker_lines, speaker_measure, speaking_plays
 from .teacher import bits_per_token
 from .tokenizer import ByteTokenizer
 
@@ -45,6 +47,9 @@ class TrainSettings:
                                        "can be read earlier in the sample", metavar="SHARE")
     cast_segments: int = setting(0, "segments per cast sample, several to a row (its cast then stays within a "
                                     "boundary or two of each name); 0: one cast sample a row", metavar="N")
+    heading_weight: float = setting(1.0, "weight of the loss on the bytes of speaker names that open speeches (the "
+                                         "choice of who speaks next), against 1 for every other byte; 1 trains on "
+                                         "x-transformers' own loss", metavar="W")
     steps: int = setting(1200, "optimizer steps in all, counting those of a resumed run")
     batch_size: int = setting(8, "samples per step (per process under torchrun)")
     segments: int = setting(4, "segments per sample, so that memory is learned across boundaries")
@@ -114,6 +119,37 @@ def with_cast_samples(batch: torch.Tensor, casts: CastSampler, s: TrainSettings,
     return torch.cat([batch[:len(batch) - count], torch.tensor([list(row) for row in rows])])
 
 
+def heading_weights(batch: torch.Tensor, weight: float) -> torch.Tensor:
+    """(rows, length) float weights of batch's bytes: `weight` on each speaker name that opens a speech (as the
+    speaker-name measure reads them), 1 elsewhere."""
+    weights = torch.ones(batch.shape)
+    for row, ids in enumerate(batch.tolist()):
+        for offset, name in speaker_lines(bytes(ids).decode("latin-1")):
+            weights[row, offset:offset + len(name)] = weight
+    return weights
+
+
+class HeadingWeightedLoss(torch.nn.Module):
+    """XLAutoregressiveWrapper.forward's loss as it trains here (memory detached at every boundary), each target
+    byte's cross-entropy weighted by heading_weights and the sum divided by the weights': the wrapper weights each
+    segment by its length, so at weight 1 the two are the same mean (tested)."""
+
+    def __init__(self, net, weight: float):
+        super().__init__()
+        self.net, self.weight = net, weight
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        weights = heading_weights(batch, self.weight)[:, 1:].to(batch.device)  # per target byte
+        inputs, targets, seg_len = batch[:, :-1], batch[:, 1:], self.net.max_seq_len
+        mems, total = None, 0.0
+        for x, y, w in zip(inputs.split(seg_len, -1), targets.split(seg_len, -1), weights.split(seg_len, -1)):
+            logits, intermediates = self.net(x, mems=mems, return_mems=True, return_intermediates=True,
+                                             detach_mems=True)
+            mems = intermediates.mems
+            total = total + (F.cross_entropy(logits.transpose(1, 2).float(), y, reduction="none") * w).sum()
+        return total / weights.sum()
+
+
 @torch.no_grad()
 def validation_bpb(net, data: torch.Tensor, nbytes: int) -> float:
     net.eval()
@@ -151,6 +187,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         raise XLDemoError(f"cast samples must be a share from 0 to 1, got {s.cast_samples!r}")
     if not 0 <= s.cast_segments <= s.segments:
         raise XLDemoError(f"cast segments must be from 0 to --segments ({s.segments}), got {s.cast_segments!r}")
+    if not (isinstance(s.heading_weight, (int, float)) and math.isfinite(s.heading_weight) and s.heading_weight > 0):
+        raise XLDemoError(f"heading weight must be a number above 0, got {s.heading_weight!r}")
     if s.bf16 not in ("auto", "on", "off"):
         raise XLDemoError(f"bf16 must be auto, on or off, got {s.bf16!r}")
     use_bf16 = s.bf16 == "on" or (s.bf16 == "auto" and (device.type == "cuda" or cpu_has_amx()))
@@ -161,7 +199,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     if s.init_from:
         start_from(model, s.init_from)
     model = model.to(device)
-    wrapper = XLAutoregressiveWrapper(model)
+    wrapper = XLAutoregressiveWrapper(model) if s.heading_weight == 1 else HeadingWeightedLoss(model, s.heading_weight)
     trainer = torch.nn.parallel.DistributedDataParallel(wrapper) if world > 1 else wrapper
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
