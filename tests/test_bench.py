@@ -3,10 +3,13 @@
 import json
 import math
 
+import pytest
+
 from conftest import tiny_checkpoint, tiny_config
 from xldemo import bench
 from xldemo.bench import BenchSettings, format_table, peak_rss_growth, run_bench
 from xldemo.checkpoint import save_checkpoint
+from xldemo.errors import XLDemoError
 
 
 def tiny_config_file(tmp_path):
@@ -82,6 +85,22 @@ def test_serving_rows_give_rates_all_together_and_per_stream_and_memory_per_stre
     for total, each, memory in (serving[:3], serving[3:]):
         assert math.isfinite(total.xldemo) and total.xldemo >= each.xldemo > 0 and total.ratio > 0
         assert memory.xldemo >= 0 and memory.ratio is None
+
+
+def test_serving_rows_through_decoding_processes_take_turns_with_the_scheduler_in_process(tmp_path):
+    config = tiny_config_file(tmp_path)
+    settings = BenchSettings(random_config=str(config), new_tokens=48, prompt_segments=2, ttft_prompt_bytes=20,
+                             memory_prompt_bytes="", repeats=1, cli_repeats=0, app_repeats=0, streams="2",
+                             stream_processes="0,2")
+    rows, _ = run_bench(settings)
+    serving = [row for row in rows if "at once" in row.metric]
+    assert ["through the scheduler" in row.metric for row in serving] == [True] * 3 + [False] * 3
+    assert all("through 2 decoding processes" in row.metric for row in serving[3:])
+    total, each, memory = serving[3:]
+    assert math.isfinite(total.xldemo) and total.xldemo >= each.xldemo > 0 and memory.xldemo >= 0
+    for bad in ("-1", "x", ""):
+        with pytest.raises(XLDemoError, match="stream_processes must be comma-separated counts of 0 or more"):
+            BenchSettings(stream_processes=bad)
 
 
 def test_peak_rss_growth_counts_what_a_run_allocates(tmp_path):

@@ -19,6 +19,7 @@ from .engine import GenerationSettings, Started, Token, generate
 from .errors import XLDemoError
 from .options import number_list, setting
 from .serving import Scheduler
+from .worker import DecodePool
 
 RANDOM_CONFIG = Path(__file__).resolve().parent / "configs" / "shakespeare-xl.json"
 
@@ -41,6 +42,9 @@ class BenchSettings:
     app_repeats: int = setting(1, "runs of `python app.py`'s generate endpoint, whose stats line is read; 0 skips")
     streams: str = setting("1,2,4,8", "streams sampled at once through the serving scheduler, one row set each; "
                                       "empty skips them")
+    stream_processes: str = setting("0", "for the streams rows: 0 decodes them in one scheduler in this process, N "
+                                         "in N decoding processes as the app's server does; several, comma-separated, "
+                                         "take turns in each round")
     decoder: str = setting("auto", "xldemo's decoding path", choices=("auto", *DECODERS))
     threads: int = setting(0, "torch threads; 0 is torch's choice")
     seed: int = setting(0, "seed of the random prompts and model")
@@ -54,6 +58,7 @@ class BenchSettings:
             raise XLDemoError("give checkpoint or random_config, not both")
         _sizes(self.memory_prompt_bytes)
         _sizes(self.streams, "streams")
+        _counts(self.stream_processes)
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,23 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
                             app_speed / ref_speed))
 
         for n in _sizes(settings.streams, "streams"):
+            ways = _counts(settings.stream_processes)
             log(f"serving: {n} streams at once through the scheduler, {settings.repeats} rounds")
-            runs = [_serving_run(checkpoint, prompt, n, settings.new_tokens) for _ in range(settings.repeats)]
-            total, each = (statistics.median(f(rates) for rates, _ in runs) for f in (sum, statistics.median))
-            rows.append(Row(f"decode tokens/s, {n} at once through the scheduler, all together (ratio: to one stream "
-                            "alone)", None, total, total / our_speed))
-            rows.append(Row(f"decode tokens/s per stream, {n} at once (ratio: to one stream alone)", None, each,
-                            each / our_speed))
-            rows.append(Row(f"peak RSS growth per stream, {n} at once (MB)", None,
-                            statistics.median(mb for _, mb in runs) / n, None))
+            runs = {p: [] for p in ways}
+            for _ in range(settings.repeats):
+                for processes in ways:  # in turns, so that a change in the machine's load reaches every way alike
+                    runs[processes].append(_serving_run(checkpoint, prompt, n, settings.new_tokens, processes))
+            for processes in ways:
+                total, each = (statistics.median(f(rates) for rates, _ in runs[processes])
+                               for f in (sum, statistics.median))
+                way = (f"{processes} decoding process{'es' if processes > 1 else ''}" if processes
+                       else "the scheduler")
+                rows.append(Row(f"decode tokens/s, {n} at once through {way}, all together (ratio: to one stream "
+                                "alone)", None, total, total / our_speed))
+                rows.append(Row(f"decode tokens/s per stream, {n} at once through {way} (ratio: to one stream alone)",
+                                None, each, each / our_speed))
+                rows.append(Row(f"peak RSS growth per stream, {n} at once through {way} (MB)", None,
+                                statistics.median(mb for _, mb in runs[processes]) / n, None))
 
         log(f"time to first token: {settings.ttft_prompt_bytes}-byte prompt, {settings.repeats} rounds")
         long_prompt = _prompt(settings.ttft_prompt_bytes, settings.seed + 1)
@@ -205,23 +218,35 @@ def _xldemo_first_token_seconds(checkpoint, prompt: bytes, decoder: str) -> floa
     return time.perf_counter() - began
 
 
-def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int) -> tuple[list[float], float]:
+def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int, processes: int = 0
+                 ) -> tuple[list[float], float]:
     """Each stream's decode tokens/s, as its Finished reports it, of `streams` streams sampled at once (seeds of
-    their own) from one prompt through a fresh scheduler; and the MB by which this process's peak resident memory
-    grew meanwhile (the decoder's buffers among it)."""
-    before = reset_peak_rss()  # before the scheduler, which allocates the decoder's buffers for all its rows
-    scheduler, finished = Scheduler(checkpoint, max_batch=streams), [None] * streams
+    their own) from one prompt through a fresh scheduler (processes 0) or a fresh DecodePool of that many processes;
+    and the MB by which the resident memory that decodes them grew meanwhile, at its peak: this process's with the
+    decoder's buffers among it, or the children's, whose buffers are allocated when they start."""
+    if processes:
+        scheduler = DecodePool(checkpoint, processes)
+        scheduler.live()  # every child answers once it has built the checkpoint: what follows is the runs alone
+        pids = [worker.process.pid for worker in scheduler.workers]
+    else:
+        pids = ["self"]
+    before = sum(reset_peak_rss(pid) for pid in pids)  # before the in-process scheduler allocates its buffers
+    scheduler, finished = scheduler if processes else Scheduler(checkpoint, max_batch=streams), [None] * streams
 
     def stream(i: int) -> None:
         *_, finished[i] = scheduler.generate(list(prompt), GenerationSettings(max_new_tokens=new_tokens,
                                                                                temperature=1.0, seed=i))
 
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [f.decode_tokens_per_s for f in finished], (peak_rss() - before) / 2**20
+    try:
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return [f.decode_tokens_per_s for f in finished], (sum(peak_rss(pid) for pid in pids) - before) / 2**20
+    finally:
+        if processes:
+            scheduler.retire()
 
 
 def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[float, float]:
@@ -293,15 +318,16 @@ def peak_rss_growth(side: str, folder: str, prompt_bytes: int, new_tokens: int, 
     return (peak_rss() - before) / 2**20
 
 
-def reset_peak_rss() -> int:
-    """The resident bytes now, after making them the peak (Linux: VmHWM is reset through clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return resident_bytes()
+def reset_peak_rss(pid: int | str = "self") -> int:
+    """The resident bytes of process pid (default: this one) now, after making them the peak (Linux: VmHWM is reset
+    through clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return resident_bytes(pid)
 
 
-def peak_rss() -> int:
-    """The most bytes this process has held resident since the last reset_peak_rss."""
-    return _status_bytes("VmHWM")
+def peak_rss(pid: int | str = "self") -> int:
+    """The most bytes process pid (default: this one) has held resident since the last reset_peak_rss."""
+    return _status_bytes("VmHWM", pid)
 
 
 def resident_bytes(pid: int | str = "self") -> int:
@@ -315,6 +341,17 @@ def _status_bytes(key: str, pid: int | str = "self") -> int:
 def _prompt(length: int, seed: int) -> bytes:
     """Random bytes: every prompt token costs the same, and byte models take any byte."""
     return bytes(torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(seed)).tolist())
+
+
+def _counts(text: str) -> list[int]:
+    """stream_processes as a list: counts of 0 or more."""
+    try:
+        counts = number_list(text)
+    except ValueError:
+        counts = []
+    if not counts or any(c < 0 for c in counts):
+        raise XLDemoError(f"stream_processes must be comma-separated counts of 0 or more, got {text!r}")
+    return counts
 
 
 def _sizes(text: str, name: str = "memory_prompt_bytes") -> list[int]:
