@@ -151,17 +151,23 @@ def test_a_long_warm_up_is_interleaved_with_the_others_steps(monkeypatch):
     decoding.close()
 
 
-def test_visitors_with_the_same_prompt_share_its_warm_up(monkeypatch):
-    checkpoint = tiny_checkpoint()
-    scheduler, segments = Scheduler(checkpoint), []
-    warm_up = serving.warm_up_memory
+@pytest.fixture
+def segments(monkeypatch) -> list:
+    """One entry for each prompt segment any scheduler warms up from now on."""
+    warmed, warm_up = [], serving.warm_up_memory
 
     def counted(*args):
         for mems in warm_up(*args):
-            segments.append(1)
+            warmed.append(1)
             yield mems
 
     monkeypatch.setattr(serving, "warm_up_memory", counted)
+    return warmed
+
+
+def test_visitors_with_the_same_prompt_share_its_warm_up(segments):
+    checkpoint = tiny_checkpoint()
+    scheduler = Scheduler(checkpoint)
     prompt, settings = random_tokens(1, 5 * 8 + 2, seed=2)[0].tolist(), GenerationSettings(max_new_tokens=9, seed=3)
     streams = [scheduler.generate(prompt, settings) for _ in range(3)]
     firsts = [next(s) for s in streams]
@@ -173,16 +179,8 @@ def test_visitors_with_the_same_prompt_share_its_warm_up(monkeypatch):
     assert len(segments) == 10  # another memory length is another warm-up
 
 
-def test_a_warm_up_one_scheduler_ran_is_taken_by_another_and_not_run_again(monkeypatch):
-    checkpoint, segments = tiny_checkpoint(), []
-    warm_up = serving.warm_up_memory
-
-    def counted(*args):
-        for mems in warm_up(*args):
-            segments.append(1)
-            yield mems
-
-    monkeypatch.setattr(serving, "warm_up_memory", counted)
+def test_a_warm_up_one_scheduler_ran_is_taken_by_another_and_not_run_again(segments):
+    checkpoint = tiny_checkpoint()
     taker = Scheduler(checkpoint)
     runner = Scheduler(checkpoint, on_warm_up=taker.offer_prefix)  # as a DecodePool wires its children
     prompt, settings = random_tokens(1, 4 * 8 + 3, seed=5)[0].tolist(), GenerationSettings(max_new_tokens=9, seed=4)

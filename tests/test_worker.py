@@ -31,11 +31,13 @@ def worker():
     worker.retire()
 
 
-def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_logits(worker):
-    checkpoint, results = worker.checkpoint, {}
+def assert_streams_at_once_run_as_alone(source) -> None:
+    """Every one of STREAMS through source (a worker or a pool), from threads of their own at once: each gives the
+    events of its solo engine run and its teacher-forced logits."""
+    checkpoint, results = source.checkpoint, {}
 
     def visitor(i):
-        results[i] = list(worker.generate(prompt_of(i), settings_of(i), keep_logits=True))
+        results[i] = list(source.generate(prompt_of(i), settings_of(i), keep_logits=True))
 
     threads = [threading.Thread(target=visitor, args=(i,)) for i in range(len(STREAMS))]
     for t in threads:
@@ -45,6 +47,10 @@ def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_
     for i in range(len(STREAMS)):
         assert same_events(results[i], solo(checkpoint, i)), i
         assert_teacher_forced(checkpoint.model, prompt_of(i), settings_of(i), results[i])
+
+
+def test_streams_at_once_in_the_child_give_their_solo_events_and_teacher_forced_logits(worker):
+    assert_streams_at_once_run_as_alone(worker)
     assert worker.live() == (0, 0)
 
 
@@ -98,20 +104,7 @@ def test_a_pool_spreads_streams_over_its_children_and_hands_each_the_others_warm
         for stream in (first, second, again, third, fourth, *more):
             stream.close()
         assert rows() == [0, 0] and pool.streams == [0, 0]
-        # each stream as alone, on whichever child it lands
-        results = {}
-
-        def visitor(i):
-            results[i] = list(pool.generate(prompt_of(i), settings_of(i), keep_logits=True))
-
-        threads = [threading.Thread(target=visitor, args=(i,)) for i in range(len(STREAMS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        for i in range(len(STREAMS)):
-            assert same_events(results[i], solo(pool.checkpoint, i)), i
-            assert_teacher_forced(pool.checkpoint.model, prompt_of(i), settings_of(i), results[i])
+        assert_streams_at_once_run_as_alone(pool)  # on whichever child each lands
     finally:
         pool.retire()
 
