@@ -114,7 +114,7 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
 
         for n in _sizes(settings.streams, "streams"):
             ways = _counts(settings.stream_processes)
-            log(f"serving: {n} streams at once through the scheduler, {settings.repeats} rounds")
+            log(f"serving: {n} streams at once, {settings.repeats} rounds, each way in turn")
             runs = {p: [] for p in ways}
             for _ in range(settings.repeats):
                 for processes in ways:  # in turns, so that a change in the machine's load reaches every way alike
