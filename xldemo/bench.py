@@ -58,7 +58,7 @@ class BenchSettings:
             raise XLDemoError("give checkpoint or random_config, not both")
         _sizes(self.memory_prompt_bytes)
         _sizes(self.streams, "streams")
-        _counts(self.stream_processes)
+        _sizes(self.stream_processes, "stream_processes", least=0, required=True)
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
                             app_speed / ref_speed))
 
         for n in _sizes(settings.streams, "streams"):
-            ways = _counts(settings.stream_processes)
+            ways = _sizes(settings.stream_processes, "stream_processes", least=0, required=True)
             log(f"serving: {n} streams at once, {settings.repeats} rounds, each way in turn")
             runs = {p: [] for p in ways}
             for _ in range(settings.repeats):
@@ -224,14 +224,12 @@ def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int, proce
     their own) from one prompt through a fresh scheduler (processes 0) or a fresh DecodePool of that many processes;
     and the MB by which the resident memory that decodes them grew meanwhile, at its peak: this process's with the
     decoder's buffers among it, or the children's, whose buffers are allocated when they start."""
-    if processes:
-        scheduler = DecodePool(checkpoint, processes)
-        scheduler.live()  # every child answers once it has built the checkpoint: what follows is the runs alone
-        pids = [worker.process.pid for worker in scheduler.workers]
-    else:
-        pids = ["self"]
+    pool = DecodePool(checkpoint, processes) if processes else None
+    if pool is not None:
+        pool.live()  # every child answers once it has built the checkpoint: what follows is the runs alone
+    pids = [worker.process.pid for worker in pool.workers] if pool is not None else ["self"]
     before = sum(reset_peak_rss(pid) for pid in pids)  # before the in-process scheduler allocates its buffers
-    scheduler, finished = scheduler if processes else Scheduler(checkpoint, max_batch=streams), [None] * streams
+    scheduler, finished = pool or Scheduler(checkpoint, max_batch=streams), [None] * streams
 
     def stream(i: int) -> None:
         *_, finished[i] = scheduler.generate(list(prompt), GenerationSettings(max_new_tokens=new_tokens,
@@ -245,8 +243,8 @@ def _serving_run(checkpoint, prompt: bytes, streams: int, new_tokens: int, proce
             thread.join()
         return [f.decode_tokens_per_s for f in finished], (sum(peak_rss(pid) for pid in pids) - before) / 2**20
     finally:
-        if processes:
-            scheduler.retire()
+        if pool is not None:
+            pool.retire()
 
 
 def _cli_speed(folder: Path, prompt: bytes, settings: BenchSettings) -> tuple[float, float]:
@@ -343,24 +341,14 @@ def _prompt(length: int, seed: int) -> bytes:
     return bytes(torch.randint(0, 256, (length,), generator=torch.Generator().manual_seed(seed)).tolist())
 
 
-def _counts(text: str) -> list[int]:
-    """stream_processes as a list: counts of 0 or more."""
-    try:
-        counts = number_list(text)
-    except ValueError:
-        counts = []
-    if not counts or any(c < 0 for c in counts):
-        raise XLDemoError(f"stream_processes must be comma-separated counts of 0 or more, got {text!r}")
-    return counts
-
-
-def _sizes(text: str, name: str = "memory_prompt_bytes") -> list[int]:
+def _sizes(text: str, name: str = "memory_prompt_bytes", least: int = 1, required: bool = False) -> list[int]:
+    """text's comma-separated counts, each `least` or more; empty is none, refused where required."""
     try:
         sizes = number_list(text)
     except ValueError:
-        sizes = [0]
-    if any(s < 1 for s in sizes):
-        raise XLDemoError(f"{name} must be comma-separated counts, got {text!r}")
+        sizes = [least - 1]
+    if any(s < least for s in sizes) or (required and not sizes):
+        raise XLDemoError(f"{name} must be comma-separated counts of {least} or more, got {text!r}")
     return sizes
 
 
