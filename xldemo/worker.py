@@ -45,8 +45,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `-m xldemo.worker
 
 class DecodePool:
     """Scheduler's generate and live for checkpoint, over `processes` DecodeWorkers, each with a batch of its own. A
-    stream goes to a worker with the fewest streams: among those, one that lately took its prompt (whose caches may
-    hold its row as its prefill left it), else the one chosen least lately. A prompt one child warms up is handed to
+    stream goes to a worker with the fewest streams: among those, one that was lately sent or handed its prompt (it
+    may still be warming it up, which a stream sent after it then shares), else the one chosen least lately. A prompt one child warms up is handed to
     the others, so that no visitor waits for a warm-up another child has run. Without a server, 8 streams of the
     shipped model decode 1,227 tokens/s in two processes against 883 in one (`python -m xldemo bench --streams 8
     --stream-processes 0,2`, 2026-11-30; README has the rest)."""
@@ -55,7 +55,7 @@ class DecodePool:
         self.checkpoint = checkpoint
         self.streams = [0] * processes  # per worker: streams sent to it and not yet closed
         self.chosen = [0] * processes  # per worker: when it last took a stream, as a count of choices
-        self.prompts = [OrderedDict() for _ in range(processes)]  # per worker: prompt keys it took or was handed lately
+        self.prompts = [OrderedDict() for _ in range(processes)]  # per worker: prompt keys sent or handed to it lately
         self.lock, self.choices = threading.Lock(), itertools.count(1)
         threads = process_threads(processes)
         self.workers = [DecodeWorker(checkpoint, threads) for _ in range(processes)]
