@@ -93,11 +93,12 @@ def app_client(app_url):
 
 
 def watch_runs(monkeypatch, seconds_per_step: float = 0.0) -> dict:
-    """Watches the app's engine runs: how many are live at once, and how each ended ("finished", or "closed"
-    before its end). seconds_per_step slows each token and each warm-up segment to a big model's pace."""
+    """Watches the app's engine runs: how many are live at once, how many streams the server counted meanwhile,
+    and how each ended ("finished", or "closed" before its end). seconds_per_step slows each token and each warm-up segment to a big model's pace."""
     from xldemo.web import view
 
-    record = {"live": 0, "most_live": 0, "ended": [], "lock": threading.Lock()}
+    # most_streams: the most streams the server's update budget counted while a run was live
+    record = {"live": 0, "most_live": 0, "most_streams": 0, "ended": [], "lock": threading.Lock()}
     source = view.generate  # the app's own, the shared batch included
 
     def watched(*args, **kwargs):
@@ -110,6 +111,7 @@ def watch_runs(monkeypatch, seconds_per_step: float = 0.0) -> dict:
             how = "closed"
             try:
                 for event in events:
+                    record["most_streams"] = max(record["most_streams"], view.TRAFFIC.streams)
                     if isinstance(event, Finished):
                         how = "finished"
                     elif isinstance(event, (Token, WarmupProgress)):

@@ -21,6 +21,7 @@ from xldemo.engine import GenerationSettings, generate
 from xldemo.sweep import memory_sweep
 from xldemo.web.handlers import Handlers, UserError
 from xldemo.web.inputs import DEFAULTS, MAX_PROMPT_BYTES, SAMPLING, escape_stop
+from xldemo.web import view
 from xldemo.web.local import ROOT, served_app
 
 PROMPT = "ALONSO, King of Naples\nSEBASTIAN, his Brother\nPROSPERO, the right Duke of Milan\n"  # 80 bytes
@@ -129,6 +130,7 @@ def test_cancelling_stops_the_engine_and_frees_the_slot(app_client, runs):
         time.sleep(0.05)
     assert runs["ended"] == ["closed", "closed"]  # closed mid-run: the computation stopped, not just the display
     assert runs["live"] == 0
+    assert runs["most_streams"] == 2 and view.TRAFFIC.streams == 0  # and their share of the updates is given back
     # both slots of the queue are free again: a new request runs at once
     html, _ = app_client.submit("ab", api_name="/generate", max_new_tokens=5, seed=1).result(timeout=30)
     assert labels(html)
@@ -150,6 +152,7 @@ def test_concurrent_clients_get_independent_results_equal_to_the_engine_alone(ap
     for t in threads:
         t.join()
     assert runs["most_live"] == 2  # they really ran at the same time
+    assert runs["most_streams"] == 2 and view.TRAFFIC.streams == 0  # sharing the server's updates while they ran
     for (prompt, settings), (html, stats) in zip(requests, results):
         assert generated_text(html) == engine_text(app_folder, prompt, **settings)
         assert visible_text(html).startswith(prompt)

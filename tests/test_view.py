@@ -5,11 +5,14 @@ import json
 import re
 from html import unescape
 
+import pytest
+
 from conftest import generated_text, labels, tiny_checkpoint, tiny_config, visible_text
 from xldemo.details import token_record
 from xldemo.engine import Finished, GenerationSettings, Token, generate
+from xldemo.errors import XLDemoError
 from xldemo.web.memory_html import RANK, DetailedText, token_label
-from xldemo.web.view import DETAILED_TOKENS, Run, Throttle, compare_status, detailed_from
+from xldemo.web.view import DETAILED_TOKENS, Run, Throttle, Traffic, compare_status, detailed_from
 
 PROMPT = list(b"To be, or not to be, that is the question")  # 41 bytes: segments of 8, the sixth holds its end
 
@@ -64,7 +67,7 @@ def test_two_runs_that_take_turns_report_their_memory():
 
 def test_the_throttle_lets_an_update_through_once_per_interval_unless_forced():
     now = [0]
-    throttle = Throttle(every=5, clock=lambda: now[0])
+    throttle = Throttle(every=5, clock=lambda: now[0], traffic=None)
     seen = []
     for step in range(25):
         now[0] = step
@@ -74,7 +77,7 @@ def test_the_throttle_lets_an_update_through_once_per_interval_unless_forced():
 
 def test_the_throttle_spaces_updates_three_times_as_far_apart_as_the_last_hand_over_took():
     now = [0.0]
-    throttle = Throttle(every=1, clock=lambda: now[0])
+    throttle = Throttle(every=1, clock=lambda: now[0], traffic=None)
     assert throttle.due()
     now[0] = 2.0  # the update took 2 s to hand over: the next is due 6 s after it was let through, not 1 s
     throttle.resumed()
@@ -134,3 +137,54 @@ def test_a_256_kb_prompt_sends_the_memory_view_only_what_memory_can_reach():
     assert len(html) < 40_000 and html.count('class="xl-c xl-prompt"') == seg_len + mem_len
     assert f"{first:,} earlier prompt tokens are in memory or gone from it" in html
     assert detailed_from(ids, seg_len, 10**6) == 256 * 1024 - DETAILED_TOKENS  # however long the memory
+
+
+def due_at(throttle: Throttle, now: list[float], times: tuple[float, ...]) -> list[bool]:
+    """throttle.due() at each of times, the clock reading now[0]."""
+    due = []
+    for now[0] in times:
+        due.append(throttle.due())
+    return due
+
+
+def test_streams_at_once_share_the_servers_updates_and_give_their_share_back_however_they_end():
+    now, traffic = [0.0], Traffic(per_second=2)
+    with Throttle(every=1, clock=lambda: now[0], traffic=traffic) as one:
+        assert traffic.streams == 1 and traffic.spacing() == 0.5  # alone: every second, as without traffic
+        assert due_at(one, now, (0.0, 0.9, 1.0)) == [True, False, True]
+        others = [Throttle(every=1, clock=lambda: now[0], traffic=traffic) for _ in range(3)]
+        for other in others:
+            other.__enter__()
+        assert traffic.streams == 4  # 4 streams at 2 updates a second in all: each every 2 s
+        assert due_at(one, now, (2.0, 2.9, 3.0)) == [False, False, True]
+        assert one.due(force=True)  # the first token, a boundary, the end: at once all the same
+        for other in others:
+            other.__exit__(None, None, None)
+        now[0] = 4.0
+        assert one.due()  # alone again: every second
+    assert traffic.streams == 0
+    try:
+        with Throttle(traffic=traffic):
+            assert traffic.streams == 1
+            raise ValueError("a run that fails")
+    except ValueError:
+        pass
+    assert traffic.streams == 0
+
+
+@pytest.mark.parametrize("rate", [0, -1, float("nan")])
+def test_an_update_budget_of_nothing_is_refused(rate):
+    with pytest.raises(XLDemoError, match="updates a second must be above 0"):
+        Traffic(rate)
+
+
+def test_the_operator_sets_the_servers_update_budget(monkeypatch, tmp_path):
+    from xldemo.web.layout import configured_handlers
+    from xldemo.web.view import TRAFFIC
+
+    assert configured_handlers(str(tmp_path)).traffic is TRAFFIC  # one budget for all of the server's handlers
+    monkeypatch.setenv("XLDEMO_UPDATES_PER_S", "100")
+    assert configured_handlers(str(tmp_path)).traffic.per_second == 100
+    monkeypatch.setenv("XLDEMO_UPDATES_PER_S", "0")
+    with pytest.raises(XLDemoError, match="updates a second must be above 0, got 0.0"):
+        configured_handlers(str(tmp_path))

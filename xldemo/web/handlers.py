@@ -18,7 +18,7 @@ from . import render
 from .inputs import DEFAULTS, INPUTS, SURPRISAL_BYTES, check_prompt, read_upload, settings_from_inputs
 from .plots import sweep_chips, sweep_figure, sweep_note
 from .sources import cached_checkpoint, checkpoint_source, model_chips
-from .view import Run, Throttle, compare_status, surprisal_views, token_unit
+from .view import TRAFFIC, Run, Throttle, Traffic, compare_status, surprisal_views, token_unit
 
 
 class UserError(gr.Error):
@@ -67,6 +67,7 @@ class Handlers:
     default_checkpoint: str
     time_limit_s: float = 300.0  # a run's longest, so that no visitor holds a row of the batch for ever
     processes: int = 0  # processes decoding the shared batches, each its own (see worker.py); 0: this one
+    traffic: Traffic = TRAFFIC  # the server's streams, which share its updates (view.UPDATES_PER_S)
 
     def load(self, name) -> Checkpoint:
         return cached_checkpoint(checkpoint_source(name or self.default_checkpoint, self.default_checkpoint))
@@ -95,18 +96,19 @@ class Handlers:
     def _stream(self, inputs: dict, show, colouring: str = DEFAULTS["colour_by"]):
         """show(run) after each event worth an update, as often as the throttle lets through."""
         model, ids, settings = self.prepare(inputs)
-        run, throttle, began = None, Throttle(), time.monotonic()
-        try:
-            run = Run(model, ids, settings, colouring=colouring, processes=self.processes)
-            while event := run.step():
-                self._within_time(began)
-                if throttle.due(force=run.due_now(event)):
-                    run.new_segment = False
-                    yield show(run)
-                    throttle.resumed()
-        finally:
-            if run is not None:
-                run.close()
+        run, began = None, time.monotonic()
+        with Throttle(traffic=self.traffic) as throttle:  # one of the server's streams, sharing its updates, until the run ends
+            try:
+                run = Run(model, ids, settings, colouring=colouring, processes=self.processes)
+                while event := run.step():
+                    self._within_time(began)
+                    if throttle.due(force=run.due_now(event)):
+                        run.new_segment = False
+                        yield show(run)
+                        throttle.resumed()
+            finally:
+                if run is not None:
+                    run.close()
 
     def _within_time(self, began: float) -> None:
         if time.monotonic() - began > self.time_limit_s:
@@ -119,23 +121,25 @@ class Handlers:
         model, ids, on = self.prepare({**inputs, "mem_len": inputs["mem_len"] or None})
         on = replace(on, mem_len=model.max_mem_len if on.mem_len is None else on.mem_len)
         off = replace(on, mem_len=0)
-        runs, throttle, began = [], Throttle(), time.monotonic()
-        try:
-            runs += [Run(model, ids, on, live_rate=False, processes=self.processes),
-                     Run(model, ids, off, live_rate=False, processes=self.processes)]
-            alive = [True, True]
-            while any(alive):
-                self._within_time(began)
-                events = [run.step() if alive[i] else None for i, run in enumerate(runs)]
-                alive = [event is not None for event in events]
-                if throttle.due(force=any(run.due_now(e) for run, e in zip(runs, events) if e) or not any(alive)):
-                    for run in runs:
-                        run.new_segment = False
-                    yield runs[0].view.html(), runs[1].view.html(), compare_status(*runs, on)
-                    throttle.resumed()
-        finally:
-            for run in runs:
-                run.close()
+        runs, began = [], time.monotonic()
+        with Throttle(traffic=self.traffic) as throttle:  # two runs, one stream of updates
+            try:
+                runs += [Run(model, ids, on, live_rate=False, processes=self.processes),
+                         Run(model, ids, off, live_rate=False, processes=self.processes)]
+                alive = [True, True]
+                while any(alive):
+                    self._within_time(began)
+                    events = [run.step() if alive[i] else None for i, run in enumerate(runs)]
+                    alive = [event is not None for event in events]
+                    if throttle.due(force=any(run.due_now(e) for run, e in zip(runs, events) if e)
+                                    or not any(alive)):
+                        for run in runs:
+                            run.new_segment = False
+                        yield runs[0].view.html(), runs[1].view.html(), compare_status(*runs, on)
+                        throttle.resumed()
+            finally:
+                for run in runs:
+                    run.close()
 
     @told_to_the_user
     def surprisal(self, prompt, checkpoint=None):

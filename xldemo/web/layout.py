@@ -15,6 +15,7 @@ from .inputs import (DATA_INPUTS, DEFAULT_MEM_LEN, DEFAULTS, INSPECT_INPUTS, MAX
                      MAX_STOP_STRINGS, MAX_UPLOAD_BYTES, SAMPLING, SEED, SURPRISAL_BYTES, Spec)
 from .memory_html import COLOURINGS
 from .sources import configured_checkpoint, default_max_mem_len
+from .view import TRAFFIC, Traffic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_CONCURRENCY = MAX_BATCH  # runs at once, all events together: a full shared batch (XLDEMO_CONCURRENCY)
@@ -34,10 +35,12 @@ def launch_options() -> dict:
 
 def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
     """The handlers for default_checkpoint (default: XLDEMO_CHECKPOINT, else the shipped one) as the environment
-    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES."""
+    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES, XLDEMO_UPDATES_PER_S."""
+    updates = os.environ.get("XLDEMO_UPDATES_PER_S")
     return Handlers(default_checkpoint or configured_checkpoint(),
                     float(os.environ.get("XLDEMO_TIME_LIMIT", Handlers.time_limit_s)),
-                    processes=int(os.environ.get("XLDEMO_DECODE_PROCESSES", default_processes())))
+                    processes=int(os.environ.get("XLDEMO_DECODE_PROCESSES", default_processes())),
+                    traffic=Traffic(float(updates)) if updates else TRAFFIC)
 
 
 def start_decoding() -> None:

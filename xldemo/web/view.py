@@ -2,12 +2,14 @@
 line, and how often an update is worth sending. No gradio here."""
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 from ..checkpoint import Checkpoint
 from ..details import token_record
 from ..engine import Finished, GenerationSettings, SegmentStarted, Started, Token, WarmupProgress, segment_table
+from ..errors import XLDemoError
 from ..serving import generate
 from ..tokenizer import BYTES
 from . import render
@@ -16,6 +18,12 @@ from .memory_html import DetailedText
 PROMPT_SHOWN_BYTES = 32 * 1024  # earlier prompt segments are folded into one line of the view
 DETAILED_TOKENS = 4096  # the memory view shows at most this many prompt tokens, one span each
 UPDATE_EVERY_S = 0.08  # at most this often a streamed update, besides the first token, boundaries and the end
+# and all the server's streams together at most about this many a second (XLDEMO_UPDATES_PER_S): each update costs
+# the server's process (gradio turns it into a message of the whole output) and the visitor's end a parse, however
+# few tokens it adds. Up to two streams this changes nothing; 8 at once get one every 0.32 s each. In rounds of 8
+# visitors through `python app.py` with 300 tokens each (2026-11-30 13:35, a training run beside them, the interval
+# set by hand), the server's process spent 0.64-0.78 CPU seconds a round at 0.32 s against 1.11-1.37 at 0.08 s
+UPDATES_PER_S = 25
 
 
 class Run:
@@ -149,18 +157,49 @@ def detailed_from(ids: list[int], seg_len: int, mem_len: int) -> int:
     return max(0, segment_start - mem_len, len(ids) - DETAILED_TOKENS)
 
 
-class Throttle:
-    """Says when a streamed update is due: at most every `every` seconds, unless forced, and no oftener than three
-    times the last hand-over took (resumed). gradio turns each update into its message, the whole of a JSON output,
-    before it asks a run in the server's own process for more: a run whose update grows (per-token details) would
-    otherwise spend ever more of its time waiting there."""
+class Traffic:
+    """The streams a server is updating at once, which share UPDATES_PER_S between them (see Throttle)."""
 
-    def __init__(self, every: float = UPDATE_EVERY_S, clock=time.perf_counter):
-        self.every, self.clock, self.last, self.away = every, clock, None, 0.0
+    def __init__(self, per_second: float = UPDATES_PER_S):
+        if not per_second > 0:  # NaN too
+            raise XLDemoError(f"updates a second must be above 0, got {per_second}")
+        self.per_second, self.streams, self.lock = per_second, 0, threading.Lock()
+
+    def add(self, streams: int) -> None:
+        with self.lock:
+            self.streams += streams
+
+    def spacing(self) -> float:
+        """Seconds between one stream's updates for all of them together to send per_second."""
+        return self.streams / self.per_second
+
+
+TRAFFIC = Traffic()  # this server's streams, whichever handler sends them
+
+
+class Throttle:
+    """Says when a streamed update is due: at most every `every` seconds, unless forced, no oftener than three
+    times the last hand-over took (resumed), and no oftener than traffic's share of updates for each stream allows.
+    gradio turns each update into its message, the whole of a JSON output, before it asks a run in the server's own
+    process for more: a run whose update grows (per-token details) would otherwise spend ever more of its time
+    waiting there. Used as a context, it counts as one of traffic's streams while the block runs, however it ends."""
+
+    def __init__(self, every: float = UPDATE_EVERY_S, clock=time.perf_counter, traffic: Traffic | None = TRAFFIC):
+        self.every, self.clock, self.traffic, self.last, self.away = every, clock, traffic, None, 0.0
+
+    def __enter__(self) -> "Throttle":
+        if self.traffic is not None:
+            self.traffic.add(1)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        if self.traffic is not None:
+            self.traffic.add(-1)
 
     def due(self, force: bool = False) -> bool:
         now = self.clock()
-        if force or self.last is None or now - self.last >= max(self.every, 3 * self.away):
+        spacing = max(self.every, 3 * self.away, self.traffic.spacing() if self.traffic is not None else 0.0)
+        if force or self.last is None or now - self.last >= spacing:
             self.last = now
             return True
         return False
