@@ -94,7 +94,8 @@ def app_client(app_url):
 
 def watch_runs(monkeypatch, seconds_per_step: float = 0.0) -> dict:
     """Watches the app's engine runs: how many are live at once, how many streams the server counted meanwhile,
-    and how each ended ("finished", or "closed" before its end). seconds_per_step slows each token and each warm-up segment to a big model's pace."""
+    and how each ended ("finished", or "closed" before its end). seconds_per_step slows each token and each warm-up
+    segment to a big model's pace."""
     from xldemo.web import view
 
     # most_streams: the most streams the server's update budget counted while a run was live

@@ -97,7 +97,8 @@ class Handlers:
         """show(run) after each event worth an update, as often as the throttle lets through."""
         model, ids, settings = self.prepare(inputs)
         run, began = None, time.monotonic()
-        with Throttle(traffic=self.traffic) as throttle:  # one of the server's streams, sharing its updates, until the run ends
+        # one of the server's streams, sharing its updates, until the run ends
+        with Throttle(traffic=self.traffic) as throttle:
             try:
                 run = Run(model, ids, settings, colouring=colouring, processes=self.processes)
                 while event := run.step():

@@ -20,9 +20,10 @@ DETAILED_TOKENS = 4096  # the memory view shows at most this many prompt tokens,
 UPDATE_EVERY_S = 0.08  # at most this often a streamed update, besides the first token, boundaries and the end
 # and all the server's streams together at most about this many a second (XLDEMO_UPDATES_PER_S): each update costs
 # the server's process (gradio turns it into a message of the whole output) and the visitor's end a parse, however
-# few tokens it adds. Up to two streams this changes nothing; 8 at once get one every 0.32 s each. In rounds of 8
-# visitors through `python app.py` with 300 tokens each (2026-11-30 13:35, a training run beside them, the interval
-# set by hand), the server's process spent 0.64-0.78 CPU seconds a round at 0.32 s against 1.11-1.37 at 0.08 s
+# few tokens it adds. Up to two streams this changes nothing; 8 at once get one every 0.32 s each. Rounds of 8
+# visitors through `python app.py`, 300 tokens each, in turns with a budget of 1000 (no stream spaced beyond 0.08 s),
+# 2026-11-30: the server's process spent 0.54-0.67 CPU seconds a round against 0.84-0.99, the clients 0.13-0.17
+# against 0.24-0.31 (14:11), and serving_check gave 3.24x, 3.40x, 3.20x against 3.08x, 3.03x, 3.02x (14:04-14:09)
 UPDATES_PER_S = 25
 
 
