@@ -19,9 +19,9 @@ from conftest import APP_CONFIG, generated_text, labels, visible_text, watch_run
 from xldemo.checkpoint import load_checkpoint
 from xldemo.engine import GenerationSettings, generate
 from xldemo.sweep import memory_sweep
+from xldemo.web import view
 from xldemo.web.handlers import Handlers, UserError
 from xldemo.web.inputs import DEFAULTS, MAX_PROMPT_BYTES, SAMPLING, escape_stop
-from xldemo.web import view
 from xldemo.web.local import ROOT, served_app
 
 PROMPT = "ALONSO, King of Naples\nSEBASTIAN, his Brother\nPROSPERO, the right Duke of Milan\n"  # 80 bytes

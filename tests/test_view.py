@@ -3,6 +3,7 @@ throttle that spaces updates."""
 
 import json
 import re
+from contextlib import ExitStack
 from html import unescape
 
 import pytest
@@ -152,14 +153,12 @@ def test_streams_at_once_share_the_servers_updates_and_give_their_share_back_how
     with Throttle(every=1, clock=lambda: now[0], traffic=traffic) as one:
         assert traffic.streams == 1 and traffic.spacing() == 0.5  # alone: every second, as without traffic
         assert due_at(one, now, (0.0, 0.9, 1.0)) == [True, False, True]
-        others = [Throttle(every=1, clock=lambda: now[0], traffic=traffic) for _ in range(3)]
-        for other in others:
-            other.__enter__()
-        assert traffic.streams == 4  # 4 streams at 2 updates a second in all: each every 2 s
-        assert due_at(one, now, (2.0, 2.9, 3.0)) == [False, False, True]
-        assert one.due(force=True)  # the first token, a boundary, the end: at once all the same
-        for other in others:
-            other.__exit__(None, None, None)
+        with ExitStack() as others:
+            for _ in range(3):
+                others.enter_context(Throttle(every=1, clock=lambda: now[0], traffic=traffic))
+            assert traffic.streams == 4  # 4 streams at 2 updates a second in all: each every 2 s
+            assert due_at(one, now, (2.0, 2.9, 3.0)) == [False, False, True]
+            assert one.due(force=True)  # the first token, a boundary, the end: at once all the same
         now[0] = 4.0
         assert one.due()  # alone again: every second
     assert traffic.streams == 0
