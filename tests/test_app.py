@@ -18,6 +18,7 @@ from gradio_client.exceptions import AppError
 from conftest import APP_CONFIG, generated_text, labels, visible_text, watch_runs
 from xldemo.checkpoint import load_checkpoint
 from xldemo.engine import GenerationSettings, generate
+from xldemo.errors import XLDemoError
 from xldemo.sweep import memory_sweep
 from xldemo.web import view
 from xldemo.web.handlers import Handlers, UserError
@@ -207,6 +208,30 @@ def test_app_py_builds_the_demo_on_import_and_serves_only_when_run(app_folder):
         assert decoding_processes(urllib.parse.urlparse(url).port)
         page = urllib.request.urlopen(url, timeout=5).read().decode()
     assert "xldemo" in page
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("XLDEMO_UPDATES_PER_S", "0", "XLDEMO_UPDATES_PER_S must be a number above 0, got '0'"),
+    ("XLDEMO_UPDATES_PER_S", "fast", "XLDEMO_UPDATES_PER_S must be a number, got 'fast'"),
+    ("XLDEMO_TIME_LIMIT", "nan", "XLDEMO_TIME_LIMIT must be a number >= 0, got 'nan'"),
+    ("XLDEMO_DECODE_PROCESSES", "1.5", "XLDEMO_DECODE_PROCESSES must be a whole number, got '1.5'"),
+    ("XLDEMO_CONCURRENCY", "0", "XLDEMO_CONCURRENCY must be a whole number >= 1, got '0'"),
+    ("XLDEMO_QUEUE_SIZE", "-3", "XLDEMO_QUEUE_SIZE must be a whole number >= 1, got '-3'")])
+def test_an_operators_setting_the_server_cannot_use_is_refused_in_one_line(monkeypatch, app_folder, name, value,
+                                                                          message):
+    from xldemo.web.layout import build_demo
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(XLDemoError) as refused:
+        build_demo(str(app_folder))
+    assert str(refused.value) == message
+
+
+def test_app_py_says_a_bad_setting_in_one_line_and_exits_2(app_folder):
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "XLDEMO_CHECKPOINT": str(app_folder), "XLDEMO_UPDATES_PER_S": "fast"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "error: XLDEMO_UPDATES_PER_S must be a number, got 'fast'"
 
 
 def decoding_processes(port: int) -> list[int]:

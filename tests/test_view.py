@@ -184,6 +184,3 @@ def test_the_operator_sets_the_servers_update_budget(monkeypatch, tmp_path):
     assert configured_handlers(str(tmp_path)).traffic is TRAFFIC  # one budget for all of the server's handlers
     monkeypatch.setenv("XLDEMO_UPDATES_PER_S", "100")
     assert configured_handlers(str(tmp_path)).traffic.per_second == 100
-    monkeypatch.setenv("XLDEMO_UPDATES_PER_S", "0")
-    with pytest.raises(XLDemoError, match="updates a second must be above 0, got 0.0"):
-        configured_handlers(str(tmp_path))

@@ -35,12 +35,32 @@ def launch_options() -> dict:
 
 def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
     """The handlers for default_checkpoint (default: XLDEMO_CHECKPOINT, else the shipped one) as the environment
-    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES, XLDEMO_UPDATES_PER_S."""
-    updates = os.environ.get("XLDEMO_UPDATES_PER_S")
+    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES, XLDEMO_UPDATES_PER_S (each refused in one line if it
+    is not a number the server can use)."""
+    updates = setting("XLDEMO_UPDATES_PER_S", None, float, above=0)
     return Handlers(default_checkpoint or configured_checkpoint(),
-                    float(os.environ.get("XLDEMO_TIME_LIMIT", Handlers.time_limit_s)),
-                    processes=int(os.environ.get("XLDEMO_DECODE_PROCESSES", default_processes())),
-                    traffic=Traffic(float(updates)) if updates else TRAFFIC)
+                    setting("XLDEMO_TIME_LIMIT", Handlers.time_limit_s, float, least=0),
+                    processes=setting("XLDEMO_DECODE_PROCESSES", default_processes(), int, least=0),
+                    traffic=TRAFFIC if updates is None else Traffic(updates))
+
+
+def setting(name: str, default, kind: type = int, least: float | None = None, above: float | None = None):
+    """The operator's setting `name` from the environment as a kind (int or float), or default where it is unset or
+    empty; a value that is not one, below least or not above `above` is refused in one line naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise XLDemoError(f"{name} must be {what}, got {text!r}") from None
+    # written so that NaN fails them too
+    if least is not None and not value >= least:
+        raise XLDemoError(f"{name} must be {what} >= {least:g}, got {text!r}")
+    if above is not None and not value > above:
+        raise XLDemoError(f"{name} must be {what} above {above:g}, got {text!r}")
+    return value
 
 
 def start_decoding() -> None:
@@ -60,7 +80,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
     XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time; XLDEMO_DECODE_PROCESSES=0 keeps
     the shared batch in the server's process."""
     default = default_checkpoint or configured_checkpoint()
-    concurrency = concurrency or int(os.environ.get("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY))
+    concurrency = concurrency or setting("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY, int, least=1)
     handlers = configured_handlers(default)
     max_mem = default_max_mem_len(default, DEFAULT_MEM_LEN)
     choices = shipped_checkpoints()
@@ -168,7 +188,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
         upload.upload(handlers.upload, upload, prompt, api_visibility="private")
         checkpoint.change(handlers.info, checkpoint, [info, mem_len], api_visibility="private")
         demo.load(handlers.info, checkpoint, [info, mem_len], api_visibility="private")
-    demo.queue(default_concurrency_limit=concurrency, max_size=int(os.environ.get("XLDEMO_QUEUE_SIZE", QUEUE_SIZE)))
+    demo.queue(default_concurrency_limit=concurrency, max_size=setting("XLDEMO_QUEUE_SIZE", QUEUE_SIZE, int, least=1))
     return demo
 
 
