@@ -216,7 +216,9 @@ def test_app_py_builds_the_demo_on_import_and_serves_only_when_run(app_folder):
     ("XLDEMO_TIME_LIMIT", "nan", "XLDEMO_TIME_LIMIT must be a number >= 0, got 'nan'"),
     ("XLDEMO_DECODE_PROCESSES", "1.5", "XLDEMO_DECODE_PROCESSES must be a whole number, got '1.5'"),
     ("XLDEMO_CONCURRENCY", "0", "XLDEMO_CONCURRENCY must be a whole number >= 1, got '0'"),
-    ("XLDEMO_QUEUE_SIZE", "-3", "XLDEMO_QUEUE_SIZE must be a whole number >= 1, got '-3'")])
+    ("XLDEMO_QUEUE_SIZE", "-3", "XLDEMO_QUEUE_SIZE must be a whole number >= 1, got '-3'"),
+    ("XLDEMO_MAX_PARAMETERS", "1e9", "XLDEMO_MAX_PARAMETERS must be a whole number, got '1e9'"),
+    ("XLDEMO_MAX_DOWNLOAD_MB", "0", "XLDEMO_MAX_DOWNLOAD_MB must be a whole number >= 1, got '0'")])
 def test_an_operators_setting_the_server_cannot_use_is_refused_in_one_line(monkeypatch, app_folder, name, value,
                                                                           message):
     from xldemo.web.layout import build_demo

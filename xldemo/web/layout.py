@@ -1,6 +1,5 @@
 """The page: the Blocks layout, wired to the handlers, and the options it launches with."""
 
-import os
 from pathlib import Path
 
 import gradio as gr
@@ -14,7 +13,7 @@ from .handlers import Handlers, of_inputs, stopped
 from .inputs import (DATA_INPUTS, DEFAULT_MEM_LEN, DEFAULTS, INSPECT_INPUTS, MAX_PROMPT_BYTES, MAX_STOP_CHARS,
                      MAX_STOP_STRINGS, MAX_UPLOAD_BYTES, SAMPLING, SEED, SURPRISAL_BYTES, Spec)
 from .memory_html import COLOURINGS
-from .sources import configured_checkpoint, default_max_mem_len
+from .sources import configured_checkpoint, default_max_mem_len, hub_limits, setting
 from .view import TRAFFIC, Traffic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -35,32 +34,14 @@ def launch_options() -> dict:
 
 def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
     """The handlers for default_checkpoint (default: XLDEMO_CHECKPOINT, else the shipped one) as the environment
-    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES, XLDEMO_UPDATES_PER_S (each refused in one line if it
-    is not a number the server can use)."""
+    sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES, XLDEMO_UPDATES_PER_S, and the Hub's limits (each
+    refused in one line if it is not a number the server can use)."""
     updates = setting("XLDEMO_UPDATES_PER_S", None, float, above=0)
+    hub_limits()  # read at start too, so that a bad value stops the server rather than a visitor's request
     return Handlers(default_checkpoint or configured_checkpoint(),
                     setting("XLDEMO_TIME_LIMIT", Handlers.time_limit_s, float, least=0),
                     processes=setting("XLDEMO_DECODE_PROCESSES", default_processes(), int, least=0),
                     traffic=TRAFFIC if updates is None else Traffic(updates))
-
-
-def setting(name: str, default, kind: type = int, least: float | None = None, above: float | None = None):
-    """The operator's setting `name` from the environment as a kind (int or float), or default where it is unset or
-    empty; a value that is not one, below least or not above `above` is refused in one line naming it."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    what = "a whole number" if kind is int else "a number"
-    try:
-        value = kind(text)
-    except ValueError:
-        raise XLDemoError(f"{name} must be {what}, got {text!r}") from None
-    # written so that NaN fails them too
-    if least is not None and not value >= least:
-        raise XLDemoError(f"{name} must be {what} >= {least:g}, got {text!r}")
-    if above is not None and not value > above:
-        raise XLDemoError(f"{name} must be {what} above {above:g}, got {text!r}")
-    return value
 
 
 def start_decoding() -> None:

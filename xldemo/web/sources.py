@@ -32,7 +32,7 @@ def checkpoint_source(name, default: str) -> str:
     if name == default:
         return name
     if REPO_ID.match(name) and ".." not in name and not Path(name).expanduser().exists():
-        allowed = {r.strip() for r in _setting("XLDEMO_ALLOWED_REPOS").split(",")}
+        allowed = {r.strip() for r in os.environ.get("XLDEMO_ALLOWED_REPOS", FENCE["XLDEMO_ALLOWED_REPOS"]).split(",")}
         if "*" not in allowed and name not in allowed:
             raise XLDemoError(f"This server does not load {name!r} from the Hugging Face Hub: its operator lists the "
                               f"repos it may load in XLDEMO_ALLOWED_REPOS.")
@@ -47,12 +47,33 @@ def cached_checkpoint(source: str) -> Checkpoint:
     """The checkpoint at source, loaded once and shared read-only by every run; a failed load is not cached. A Hub
     repo's size is checked against XLDEMO_MAX_PARAMETERS and XLDEMO_MAX_DOWNLOAD_MB before its weights come."""
     if REPO_ID.match(source) and not Path(source).expanduser().is_dir():
-        check_hub_size(source, int(_setting("XLDEMO_MAX_PARAMETERS")), int(_setting("XLDEMO_MAX_DOWNLOAD_MB")) * 2**20)
+        check_hub_size(source, *hub_limits())
     return load_checkpoint(source)
 
 
-def _setting(name: str) -> str:
-    return os.environ.get(name, FENCE[name])
+def hub_limits() -> tuple[int, int]:
+    """(parameters, bytes): the largest model and download a visitor's Hub repo may have."""
+    return (setting("XLDEMO_MAX_PARAMETERS", int(FENCE["XLDEMO_MAX_PARAMETERS"]), int, least=1),
+            setting("XLDEMO_MAX_DOWNLOAD_MB", int(FENCE["XLDEMO_MAX_DOWNLOAD_MB"]), int, least=1) * 2**20)
+
+
+def setting(name: str, default, kind: type = int, least: float | None = None, above: float | None = None):
+    """The operator's setting `name` from the environment as a kind (int or float), or default where it is unset or
+    empty; a value that is not one, below least or not above `above` is refused in one line naming it."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise XLDemoError(f"{name} must be {what}, got {text!r}") from None
+    # written so that NaN fails them too
+    if least is not None and not value >= least:
+        raise XLDemoError(f"{name} must be {what} >= {least:g}, got {text!r}")
+    if above is not None and not value > above:
+        raise XLDemoError(f"{name} must be {what} above {above:g}, got {text!r}")
+    return value
 
 
 def default_max_mem_len(source: str, fallback: int) -> int:
