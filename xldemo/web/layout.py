@@ -13,7 +13,7 @@ from .handlers import Handlers, of_inputs, stopped
 from .inputs import (DATA_INPUTS, DEFAULT_MEM_LEN, DEFAULTS, INSPECT_INPUTS, MAX_PROMPT_BYTES, MAX_STOP_CHARS,
                      MAX_STOP_STRINGS, MAX_UPLOAD_BYTES, SAMPLING, SEED, SURPRISAL_BYTES, Spec)
 from .memory_html import COLOURINGS
-from .sources import configured_checkpoint, default_max_mem_len, hub_limits, setting
+from .sources import configured_checkpoint, default_max_mem_len, env_number, hub_limits
 from .view import TRAFFIC, Traffic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -36,11 +36,11 @@ def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
     """The handlers for default_checkpoint (default: XLDEMO_CHECKPOINT, else the shipped one) as the environment
     sets them up: XLDEMO_TIME_LIMIT, XLDEMO_DECODE_PROCESSES, XLDEMO_UPDATES_PER_S, and the Hub's limits (each
     refused in one line if it is not a number the server can use)."""
-    updates = setting("XLDEMO_UPDATES_PER_S", None, float, above=0)
+    updates = env_number("XLDEMO_UPDATES_PER_S", None, float, above=0)
     hub_limits()  # read at start too, so that a bad value stops the server rather than a visitor's request
     return Handlers(default_checkpoint or configured_checkpoint(),
-                    setting("XLDEMO_TIME_LIMIT", Handlers.time_limit_s, float, least=0),
-                    processes=setting("XLDEMO_DECODE_PROCESSES", default_processes(), int, least=0),
+                    env_number("XLDEMO_TIME_LIMIT", Handlers.time_limit_s, float, least=0),
+                    processes=env_number("XLDEMO_DECODE_PROCESSES", default_processes(), int, least=0),
                     traffic=TRAFFIC if updates is None else Traffic(updates))
 
 
@@ -61,7 +61,7 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
     XLDEMO_TIME_LIMIT (seconds) override the queue's length and a run's longest time; XLDEMO_DECODE_PROCESSES=0 keeps
     the shared batch in the server's process."""
     default = default_checkpoint or configured_checkpoint()
-    concurrency = concurrency or setting("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY, int, least=1)
+    concurrency = concurrency or env_number("XLDEMO_CONCURRENCY", DEFAULT_CONCURRENCY, int, least=1)
     handlers = configured_handlers(default)
     max_mem = default_max_mem_len(default, DEFAULT_MEM_LEN)
     choices = shipped_checkpoints()
@@ -169,7 +169,8 @@ def build_demo(default_checkpoint: str | None = None, concurrency: int | None = 
         upload.upload(handlers.upload, upload, prompt, api_visibility="private")
         checkpoint.change(handlers.info, checkpoint, [info, mem_len], api_visibility="private")
         demo.load(handlers.info, checkpoint, [info, mem_len], api_visibility="private")
-    demo.queue(default_concurrency_limit=concurrency, max_size=setting("XLDEMO_QUEUE_SIZE", QUEUE_SIZE, int, least=1))
+    demo.queue(default_concurrency_limit=concurrency,
+               max_size=env_number("XLDEMO_QUEUE_SIZE", QUEUE_SIZE, int, least=1))
     return demo
 
 

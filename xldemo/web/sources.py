@@ -11,8 +11,8 @@ from ..errors import XLDemoError
 CACHE_SIZE = 2  # checkpoints held in memory, least recently used dropped first
 # the operator's fence around visitors' Hub repo ids: defaults, each overridden by the environment variable it names
 FENCE = {"XLDEMO_ALLOWED_REPOS": "",  # repo ids visitors may load, comma-separated, or * for any; none by default
-         "XLDEMO_MAX_PARAMETERS": "100000000",  # a Hub checkpoint's largest model
-         "XLDEMO_MAX_DOWNLOAD_MB": "512"}  # a Hub checkpoint's largest download
+         "XLDEMO_MAX_PARAMETERS": 100_000_000,  # a Hub checkpoint's largest model
+         "XLDEMO_MAX_DOWNLOAD_MB": 512}  # a Hub checkpoint's largest download
 
 
 def configured_checkpoint() -> str:
@@ -53,11 +53,11 @@ def cached_checkpoint(source: str) -> Checkpoint:
 
 def hub_limits() -> tuple[int, int]:
     """(parameters, bytes): the largest model and download a visitor's Hub repo may have."""
-    return (setting("XLDEMO_MAX_PARAMETERS", int(FENCE["XLDEMO_MAX_PARAMETERS"]), int, least=1),
-            setting("XLDEMO_MAX_DOWNLOAD_MB", int(FENCE["XLDEMO_MAX_DOWNLOAD_MB"]), int, least=1) * 2**20)
+    return (env_number("XLDEMO_MAX_PARAMETERS", FENCE["XLDEMO_MAX_PARAMETERS"], int, least=1),
+            env_number("XLDEMO_MAX_DOWNLOAD_MB", FENCE["XLDEMO_MAX_DOWNLOAD_MB"], int, least=1) * 2**20)
 
 
-def setting(name: str, default, kind: type = int, least: float | None = None, above: float | None = None):
+def env_number(name: str, default, kind: type = int, least: float | None = None, above: float | None = None):
     """The operator's setting `name` from the environment as a kind (int or float), or default where it is unset or
     empty; a value that is not one, below least or not above `above` is refused in one line naming it."""
     text = os.environ.get(name, "").strip()
