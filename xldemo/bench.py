@@ -112,8 +112,8 @@ def run_bench(settings: BenchSettings | None = None, log=lambda line: None) -> t
             rows.append(Row("decode tokens/s, as the app's stats line reports it", None, app_speed,
                             app_speed / ref_speed))
 
+        ways = _sizes(settings.stream_processes, "stream_processes", least=0, required=True)
         for n in _sizes(settings.streams, "streams"):
-            ways = _sizes(settings.stream_processes, "stream_processes", least=0, required=True)
             log(f"serving: {n} streams at once, {settings.repeats} rounds, each way in turn")
             runs = {p: [] for p in ways}
             for _ in range(settings.repeats):
