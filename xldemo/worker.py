@@ -46,10 +46,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `-m xldemo.worker
 class DecodePool:
     """Scheduler's generate and live for checkpoint, over `processes` DecodeWorkers, each with a batch of its own. A
     stream goes to a worker with the fewest streams: among those, one that was lately sent or handed its prompt (it
-    may still be warming it up, which a stream sent after it then shares), else the one chosen least lately. A prompt one child warms up is handed to
-    the others, so that no visitor waits for a warm-up another child has run. Without a server, 8 streams of the
-    shipped model decode 1,227 tokens/s in two processes against 883 in one (`python -m xldemo bench --streams 8
-    --stream-processes 0,2`, 2026-11-30; README has the rest)."""
+    may still be warming it up, which a stream sent after it then shares), else the one chosen least lately. A
+    prompt one child warms up is handed to the others, so that no visitor waits for a warm-up another child has run.
+    Without a server, 8 streams of the shipped model decode 1,227 tokens/s in two processes against 883 in one
+    (`python -m xldemo bench --streams 8 --stream-processes 0,2`, 2026-11-30; README has the rest)."""
 
     def __init__(self, checkpoint: Checkpoint, processes: int):
         self.checkpoint = checkpoint
