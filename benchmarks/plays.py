@@ -1,17 +1,28 @@
 """The options and plays that the checks on speakers' names share: the test plays' modern editions (what is
-reported) or the validation play (what a model is chosen by)."""
+reported), the validation play (what a model is chosen by), or the validation play renamed.
+
+Of the validation play's speakers, 16 of 41 also speak in a training play (ANTONY, CAESAR, BRUTUS, PORTIA): a model
+may write them from what it learnt of those plays, while the test plays' casts speak in none. Renamed, every one of
+its characters carries a made-up name, the same throughout, so that a name from the play can only have been read
+from the prompt, as on the test plays."""
 
 import argparse
+import random
 from pathlib import Path
 
 import torch
 
-from xldemo.data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, test_texts
+from xldemo.data import DEFAULT_CACHE, MODERN, VALIDATION_PLAY, load_split, prepare, test_texts, train_plays
+from xldemo.rename import generic_words, rename
+
+SPLITS = ("test", "validation", "validation-renamed")
+RENAMED = "_renamed"  # the renamed play's key: julius_caesar_renamed_gut.txt
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", choices=("test", "validation"), default="test",
-                        help="the test plays (what is reported) or the validation play (what a model is chosen by)")
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="the test plays (what is reported), the validation play (what a model is chosen by) or "
+                             "the validation play with its characters renamed (names no model can know)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--data", default=str(DEFAULT_CACHE), help="data cache folder")
 
@@ -27,4 +38,9 @@ def chosen_plays(args: argparse.Namespace) -> dict[str, bytes]:
     folder = prepare(Path(args.data))
     if args.split == "test":
         return {name: text for name, text in test_texts(folder).items() if name.endswith(MODERN)}
-    return {VALIDATION_PLAY + MODERN: load_split(folder, "validation")}
+    play = load_split(folder, "validation")
+    if args.split == "validation-renamed":
+        # a fixed draw of names, role words shared by the training plays (LORD, SERVANT, CITIZEN) kept as training's
+        keep = generic_words(train_plays(Path(args.data)))
+        return {VALIDATION_PLAY + RENAMED + MODERN: rename(play, keep, random.Random(f"{VALIDATION_PLAY}{RENAMED}"))}
+    return {VALIDATION_PLAY + MODERN: play}
