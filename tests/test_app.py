@@ -215,6 +215,8 @@ def test_app_py_builds_the_demo_on_import_and_serves_only_when_run(app_folder):
     ("XLDEMO_UPDATES_PER_S", "fast", "XLDEMO_UPDATES_PER_S must be a number, got 'fast'"),
     ("XLDEMO_TIME_LIMIT", "nan", "XLDEMO_TIME_LIMIT must be a number >= 0, got 'nan'"),
     ("XLDEMO_DECODE_PROCESSES", "1.5", "XLDEMO_DECODE_PROCESSES must be a whole number, got '1.5'"),
+    ("XLDEMO_DECODE_PROCESSES", "100000", f"XLDEMO_DECODE_PROCESSES must be a whole number <= {os.cpu_count()} (this "
+                                          "machine's cores), got '100000'"),
     ("XLDEMO_CONCURRENCY", "0", "XLDEMO_CONCURRENCY must be a whole number >= 1, got '0'"),
     ("XLDEMO_QUEUE_SIZE", "-3", "XLDEMO_QUEUE_SIZE must be a whole number >= 1, got '-3'"),
     ("XLDEMO_MAX_PARAMETERS", "1e9", "XLDEMO_MAX_PARAMETERS must be a whole number, got '1e9'"),

@@ -1,5 +1,6 @@
 """The page: the Blocks layout, wired to the handlers, and the options it launches with."""
 
+import os
 from pathlib import Path
 
 import gradio as gr
@@ -40,7 +41,9 @@ def configured_handlers(default_checkpoint: str | None = None) -> Handlers:
     hub_limits()  # read at start too, so that a bad value stops the server rather than a visitor's request
     return Handlers(default_checkpoint or configured_checkpoint(),
                     env_number("XLDEMO_TIME_LIMIT", Handlers.time_limit_s, float, least=0),
-                    processes=env_number("XLDEMO_DECODE_PROCESSES", default_processes(), int, least=0),
+                    # each process loads torch and the model: more than the cores only crowd them
+                    processes=env_number("XLDEMO_DECODE_PROCESSES", default_processes(), int, least=0,
+                                         most=os.cpu_count() or 1, why_most="this machine's cores"),
                     traffic=TRAFFIC if updates is None else Traffic(updates))
 
 

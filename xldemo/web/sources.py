@@ -57,9 +57,11 @@ def hub_limits() -> tuple[int, int]:
             env_number("XLDEMO_MAX_DOWNLOAD_MB", FENCE["XLDEMO_MAX_DOWNLOAD_MB"], int, least=1) * 2**20)
 
 
-def env_number(name: str, default, kind: type = int, least: float | None = None, above: float | None = None):
+def env_number(name: str, default, kind: type = int, least: float | None = None, above: float | None = None,
+               most: float | None = None, why_most: str = ""):
     """The operator's setting `name` from the environment as a kind (int or float), or default where it is unset or
-    empty; a value that is not one, below least or not above `above` is refused in one line naming it."""
+    empty; a value that is not one, below least, not above `above` or over most (why_most says why, in brackets) is
+    refused in one line naming it."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -73,6 +75,8 @@ def env_number(name: str, default, kind: type = int, least: float | None = None,
         raise XLDemoError(f"{name} must be {what} >= {least:g}, got {text!r}")
     if above is not None and not value > above:
         raise XLDemoError(f"{name} must be {what} above {above:g}, got {text!r}")
+    if most is not None and not value <= most:
+        raise XLDemoError(f"{name} must be {what} <= {most:g}{f' ({why_most})' if why_most else ''}, got {text!r}")
     return value
 
 
