@@ -2,9 +2,10 @@
 reported), the validation play (what a model is chosen by), or the validation play renamed.
 
 Of the validation play's speakers, 16 of 41 also speak in a training play (ANTONY, CAESAR, BRUTUS, PORTIA): a model
-may write them from what it learnt of those plays, while the test plays' casts speak in none. Renamed, every one of
-its characters carries a made-up name, the same throughout, so that a name from the play can only have been read
-from the prompt, as on the test plays."""
+may write them from what it learnt of those plays, while the test plays' casts speak in none. Renamed, its
+characters carry made-up names, each the same throughout, so that a name from the play can only have been read from
+the prompt, as on the test plays; roles that three or more training plays share (CITIZEN, SOLDIER, and LUCIUS) keep
+theirs, and speaker_check leaves them uncounted or out of its new hits."""
 
 import argparse
 import random
@@ -22,7 +23,7 @@ RENAMED = "_renamed"  # the renamed play's key: julius_caesar_renamed_gut.txt
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="the test plays (what is reported), the validation play (what a model is chosen by) or "
-                             "the validation play with its characters renamed (names no model can know)")
+                             "the validation play with its characters renamed (made-up names no model can know)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--data", default=str(DEFAULT_CACHE), help="data cache folder")
 
