@@ -91,3 +91,26 @@ def test_cast_samples_open_with_every_speaker_they_hold_and_carry_made_up_names_
     assert len(drawn) > 60  # fresh names for every sample, not one draw per play
     again = CastSampler(plays)
     assert [again.sample(300, random.Random(7)) for _ in range(2)] == [sampler.sample(300, random.Random(7))] * 2
+
+
+def test_real_names_are_other_plays_characters_in_their_share_and_never_the_crops_own():
+    casts = {"a": ("ALPHA", "BETA"), "b": ("GAMMA", "DELTA"), "c": ("EPSILON", "ZETA")}
+    plays = {f"{play}.txt": "".join(f"{name}.\nIn play {play}.\n\n" for name in names).encode() * 40
+             for play, names in casts.items()}
+    everyone = {name for names in casts.values() for name in names}
+    # at 0 no share is drawn: the samples are those of a sampler without real names
+    assert CastSampler(plays, 0.0).sample(300, random.Random(2)) == CastSampler(plays).sample(300, random.Random(2))
+    for share in (1.0, 0.5):
+        sampler, rng = CastSampler(plays, share), random.Random(11)
+        real = made_up = 0
+        for _ in range(100):
+            sample = sampler.sample(300, rng).decode("latin-1")
+            play = re.search(r"In play (\w)", sample).group(1)
+            for name in set(speaker_names(sample)):
+                assert name not in casts[play]  # never the crop's own names
+                real += name in everyone
+                made_up += name not in everyone
+        if share == 1.0:
+            assert made_up == 0 and real
+        else:
+            assert 0.35 < real / (real + made_up) < 0.65

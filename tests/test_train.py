@@ -59,7 +59,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
         load_checkpoint(tmp_path / "run" / "model").model, text[:, :1024]).mean().item(), abs=1e-4)
 
 
-@pytest.mark.parametrize("casts", [{}, {"cast_samples": 0.5, "cast_segments": 1}, {"heading_weight": 4.0}],
+@pytest.mark.parametrize("casts", [{}, {"cast_samples": 0.5, "cast_segments": 1, "cast_real_names": 0.5}, {"heading_weight": 4.0}],
                          ids=["plain", "cast samples", "heading weight"])
 def test_resuming_matches_an_uninterrupted_run(tmp_path, casts):
     # warmup covers every step, so the learning rate does not depend on the number of steps asked for
@@ -162,6 +162,8 @@ def test_cast_samples_take_their_share_of_each_batch_and_replay_with_the_step(tm
         assert text.find(b"PERSONS REPRESENTED", 1) == 256
     with pytest.raises(XLDemoError, match="cast samples must be a share from 0 to 1, got 1.5"):
         train(replace(s, cast_samples=1.5, steps=1), progress=False)
+    with pytest.raises(XLDemoError, match="cast real names must be a share from 0 to 1, got -0.1"):
+        train(replace(s, cast_real_names=-0.1, steps=1), progress=False)
     with pytest.raises(XLDemoError, match=r"cast segments must be from 0 to --segments \(2\), got 3"):
         train(replace(s, cast_segments=3, steps=1), progress=False)
 

@@ -45,6 +45,10 @@ class TrainSettings:
     cast_samples: float = setting(0.0, "share of each batch made of crops of the training plays (modern editions) "
                                        "renamed afresh for each and opened by their cast, so that every speaker's name "
                                        "can be read earlier in the sample", metavar="SHARE")
+    cast_real_names: float = setting(0.0, "share of the names in cast samples that are another training play's "
+                                          "characters' (ROMEO in a crop of Hamlet) instead of made up: recalling what "
+                                          "that name did in its own play misleads, only copying it pays",
+                                     metavar="SHARE")
     cast_segments: int = setting(0, "segments per cast sample, several to a row (its cast then stays within a "
                                     "boundary or two of each name); 0: one cast sample a row", metavar="N")
     heading_weight: float = setting(1.0, "weight of the loss on the bytes of speaker names that open speeches (the "
@@ -185,6 +189,8 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if not 0 <= s.cast_samples <= 1:
         raise XLDemoError(f"cast samples must be a share from 0 to 1, got {s.cast_samples!r}")
+    if not 0 <= s.cast_real_names <= 1:
+        raise XLDemoError(f"cast real names must be a share from 0 to 1, got {s.cast_real_names!r}")
     if not 0 <= s.cast_segments <= s.segments:
         raise XLDemoError(f"cast segments must be from 0 to --segments ({s.segments}), got {s.cast_segments!r}")
     if not (isinstance(s.heading_weight, (int, float)) and math.isfinite(s.heading_weight) and s.heading_weight > 0):
@@ -214,7 +220,7 @@ def train(s: TrainSettings, progress: bool = True) -> dict:
     val_data = torch.frombuffer(bytearray(load_split(folder, "validation")), dtype=torch.uint8)
     plays = train_plays(Path(s.data)) if s.speaker_prompts or s.cast_samples else None  # read from the archive once
     trained = speaking_plays(plays) if s.speaker_prompts else None
-    casts = CastSampler(plays) if s.cast_samples else None
+    casts = CastSampler(plays, s.cast_real_names) if s.cast_samples else None
     length = s.segments * config["max_seq_len"] + 1
     tokens_per_step = s.batch_size * (length - 1) * world
 
