@@ -43,8 +43,9 @@ OTHER_PLAYWRIGHTS = (
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default="test",
-                        help="the test plays (what is reported), the validation play (what a model is chosen by) or "
-                             "the validation play with its characters renamed (made-up names no model can know)")
+                        help="the test plays (what is reported), the validation play (what a model is chosen by), or "
+                             "the validation play with its characters renamed: made-up names (validation-renamed) or "
+                             "other playwrights' characters' names that no training text holds (validation-unseen)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--data", default=str(DEFAULT_CACHE), help="data cache folder")
 
